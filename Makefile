@@ -1,0 +1,37 @@
+# The README's two commands: `make demo` and `make test`. Both do all set-up
+# on a fresh Debian machine: a venv, the package, and Fashion-MNIST.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+FMNIST_DIR := /usr/share/datasets/fashion-mnist
+WORKDIR ?= runs/byol_fashion_mnist
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test test-slow setup data clean
+
+demo: setup data
+	$(PY) -m byol_jax.main --config=configs/byol_fashion_mnist.py --workdir=$(WORKDIR)
+
+test: setup data
+	$(PY) -m pytest -q tests
+
+test-slow: setup data
+	$(PY) -m pytest -q -m slow tests
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+data:
+	@if [ ! -e $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] && [ ! -e $(FMNIST_DIR)/train-images-idx3-ubyte ]; then \
+	  echo "Installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+	  $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; \
+	fi
+
+clean:
+	rm -rf $(VENV) *.egg-info

@@ -1,0 +1,99 @@
+"""Checkpoints of the whole TrainState with orbax.
+
+Layout: <workdir>/checkpoints/<step>/{state, config}. Saving is periodic and
+keeps the last N; `restore_latest` resumes a run from its workdir. The
+config is stored beside the state so that evaluation and export rebuild the
+same network, and a checkpoint written for another model is refused with a
+message instead of being overwritten.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+# Config fields that define the shapes of the saved pytree.
+_SHAPE_FIELDS = ('model', 'dataset.num_classes', 'dataset.num_channels',
+                 'target.use', 'optimizer.name',
+                 'optimizer.fixed_predictor_lr')
+
+
+class CheckpointMismatchError(ValueError):
+  """The workdir holds a checkpoint of a different model or optimizer."""
+
+
+def _get(config, dotted: str):
+  for part in dotted.split('.'):
+    config = config[part]
+  return config.to_dict() if isinstance(config, ml_collections.ConfigDict) \
+      else config
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+
+
+def make_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      checkpoint_dir(workdir),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
+      item_names=('state', 'config'))
+
+
+def save(manager: ocp.CheckpointManager, state, config) -> None:
+  """Saves `state` at its step with the config that produced it."""
+  step = int(jax.device_get(state.step))
+  manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      config=ocp.args.JsonSave(config.to_dict())), force=True)
+
+
+def load_config(manager: ocp.CheckpointManager,
+                step: Optional[int] = None) -> Optional[dict]:
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    return None
+  return manager.restore(step, args=ocp.args.Composite(
+      config=ocp.args.JsonRestore()))['config']
+
+
+def check_compatible(saved_config: dict, config, directory: str) -> None:
+  """Raises if the saved checkpoint cannot hold this config's state."""
+  saved = ml_collections.ConfigDict(saved_config)
+  diffs = []
+  for field in _SHAPE_FIELDS:
+    try:
+      old = _get(saved, field)
+    except (KeyError, AttributeError):
+      old = None
+    new = _get(config, field)
+    if isinstance(old, dict) and isinstance(new, dict):
+      keys = set(old) | set(new)
+      diffs += [f'{field}.{k}: saved {old.get(k)!r}, config {new.get(k)!r}'
+                for k in sorted(keys) if _norm(old.get(k)) != _norm(new.get(k))]
+    elif _norm(old) != _norm(new):
+      diffs.append(f'{field}: saved {old!r}, config {new!r}')
+  if diffs:
+    raise CheckpointMismatchError(
+        f'The checkpoint in {directory} was written for a different model:\n'
+        + '\n'.join('  ' + d for d in diffs)
+        + '\nUse a new --workdir, or the config of that run. The checkpoint '
+        'was left untouched.')
+
+
+def _norm(v):
+  return list(v) if isinstance(v, tuple) else v
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any,
+            step: Optional[int] = None):
+  """Restores the state at `step` (default: latest) into `abstract_state`'s
+  structure and shardings."""
+  step = manager.latest_step() if step is None else step
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state)))
+  return restored['state']

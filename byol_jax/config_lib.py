@@ -1,0 +1,151 @@
+"""Shared config defaults, derived values and validation.
+
+Config files in configs/ start from `base_config()` and override what their
+paper row needs. `validate()` runs before any data is read or any function is
+compiled, and says what to change.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from byol_jax import augment, networks
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults shared by every preset (BYOL, ImageNet-style settings)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.dataset = ml_collections.ConfigDict(dict(
+      name='imagenet2012', source='auto', data_dir='', download=False,
+      idx_dir='/usr/share/datasets/fashion-mnist', train_split='train',
+      eval_split='validation', image_size=224, num_channels=3,
+      num_classes=1000, mean=(0.485, 0.456, 0.406),
+      std=(0.229, 0.224, 0.225), eval_crop_fraction=0.875))
+  c.augment = ml_collections.ConfigDict(dict(preset='byol_imagenet'))
+  v1, v2 = augment.preset('byol_imagenet')
+  c.augment.view1 = ml_collections.ConfigDict(v1)
+  c.augment.view2 = ml_collections.ConfigDict(v2)
+  c.model = ml_collections.ConfigDict(dict(
+      depth=50, width=1.0, stem='imagenet', head='byol',
+      projector_hidden=(4096,), predictor_hidden=(4096,), projection_dim=256,
+      use_predictor=True, compute_dtype='float32'))
+  # target.use=False: target = stop_gradient(online) (SimSiam, Table 5b rows).
+  c.target = ml_collections.ConfigDict(dict(
+      use=True, tau_base=0.996, init='independent'))
+  c.loss = ml_collections.ConfigDict(dict(
+      name='byol', alpha=0.1, beta=0.0, stop_gradient=True))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name='lars', base_lr=0.2, lr_scaling='linear', weight_decay=1.5e-6,
+      momentum=0.9, trust_coefficient=1e-3, nesterov=False, warmup_epochs=10.0,
+      fixed_predictor_lr=False))
+  c.batch_size = 4096
+  c.num_epochs = 1000
+  c.num_train_steps = -1  # -1: derived from num_epochs and the dataset size.
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 5000
+  c.keep_checkpoints = 3
+  c.eval = ml_collections.ConfigDict(dict(
+      knn_every_epochs=0,  # 0: only at the end of training.
+      knn_k=200, knn_k_small=20, knn_temperature=0.1, batch_size=1024,
+      knn_train_examples=-1,  # -1: the whole train split is the kNN bank.
+      baselines=False))  # Also report raw-pixel and random-init kNN.
+  return c
+
+
+def use_preset_augment(config, name: str) -> None:
+  """Sets both views of `config.augment` from an `augment.PRESETS` entry."""
+  v1, v2 = augment.preset(name)
+  config.augment.preset = name
+  config.augment.view1 = ml_collections.ConfigDict(v1)
+  config.augment.view2 = ml_collections.ConfigDict(v2)
+
+
+def steps_per_epoch(config, num_train_examples: int) -> int:
+  return max(num_train_examples // config.batch_size, 1)
+
+
+def total_steps(config, num_train_examples: int) -> int:
+  if config.num_train_steps > 0:
+    return config.num_train_steps
+  return config.num_epochs * steps_per_epoch(config, num_train_examples)
+
+
+class ConfigError(ValueError):
+  """A config that cannot run; the message says what to change."""
+
+
+def validate(config, num_devices: int, num_processes: int = 1) -> None:
+  """Checks `config` before anything is read or compiled."""
+  errors = []
+
+  def check(ok, msg):
+    if not ok:
+      errors.append(msg)
+
+  m = config.model
+  check(m.depth in networks.RESNET_LAYOUTS,
+        f'model.depth={m.depth} is unknown; use one of '
+        f'{sorted(networks.RESNET_LAYOUTS)}.')
+  check(m.stem in networks.STEMS,
+        f'model.stem={m.stem!r} is unknown; use one of {networks.STEMS}.')
+  check(m.head in networks.HEAD_PRESETS,
+        f'model.head={m.head!r} is unknown; use one of '
+        f'{sorted(networks.HEAD_PRESETS)}.')
+  check(m.width * 64 >= 1, f'model.width={m.width} is too small (>= 1/64).')
+  check(m.compute_dtype in ('float32', 'bfloat16'),
+        f"model.compute_dtype={m.compute_dtype!r}: use 'float32' or "
+        "'bfloat16'.")
+  check(config.optimizer.name in ('lars', 'sgd'),
+        f"optimizer.name={config.optimizer.name!r} is unknown; use 'lars' "
+        "or 'sgd'.")
+  check(config.optimizer.lr_scaling in ('linear', 'none'),
+        f"optimizer.lr_scaling={config.optimizer.lr_scaling!r}: use "
+        "'linear' or 'none'.")
+  check(config.loss.name in ('byol', 'simsiam'),
+        f"loss.name={config.loss.name!r} is unknown; use 'byol' or "
+        "'simsiam'.")
+  check(config.loss.name != 'simsiam' or m.use_predictor,
+        'loss.name=simsiam needs model.use_predictor=True.')
+  check(config.loss.beta == 0 or config.loss.alpha > 0,
+        f'loss.alpha={config.loss.alpha} must be > 0 when loss.beta > 0.')
+  check(0.0 <= config.target.tau_base <= 1.0,
+        f'target.tau_base={config.target.tau_base} is outside [0, 1].')
+  check(config.target.init in ('independent', 'copy'),
+        f"target.init={config.target.init!r}: use 'independent' or 'copy'.")
+  check(config.batch_size > 0 and config.batch_size % num_devices == 0,
+        f'batch_size={config.batch_size} is not divisible by the '
+        f'{num_devices} devices; use a multiple of {num_devices}.')
+  check(config.batch_size % num_processes == 0,
+        f'batch_size={config.batch_size} is not divisible by the '
+        f'{num_processes} processes.')
+  check(config.eval.batch_size % num_devices == 0,
+        f'eval.batch_size={config.eval.batch_size} is not divisible by the '
+        f'{num_devices} devices.')
+  check(config.num_train_steps > 0 or config.num_epochs > 0,
+        'set num_epochs > 0 or num_train_steps > 0.')
+  check(config.optimizer.warmup_epochs >= 0,
+        'optimizer.warmup_epochs must be >= 0.')
+  check(config.log_every_steps > 0, 'log_every_steps must be > 0.')
+  for name in ('view1', 'view2'):
+    view = config.augment[name]
+    missing = set(augment.PRESETS['byol_imagenet'][0]) - set(view)
+    check(not missing, f'augment.{name} lacks {sorted(missing)}.')
+  if errors:
+    raise ConfigError('Invalid config:\n  - ' + '\n  - '.join(errors))
+
+
+def validate_schedule(config, num_train_examples: int) -> None:
+  """Checks that need the dataset size (warm-up vs. training length)."""
+  steps = total_steps(config, num_train_examples)
+  warmup = warmup_steps(config, num_train_examples)
+  if warmup >= steps:
+    raise ConfigError(
+        f'optimizer.warmup_epochs={config.optimizer.warmup_epochs} gives '
+        f'{warmup} warm-up steps, not fewer than the {steps} training steps; '
+        'lower warmup_epochs or train longer.')
+
+
+def warmup_steps(config, num_train_examples: int) -> int:
+  return int(config.optimizer.warmup_epochs
+             * steps_per_epoch(config, num_train_examples))

@@ -1,0 +1,56 @@
+"""Collapse diagnostics, computed on device inside the train step.
+
+All take a (N, D) batch of representations and return scalars; none syncs
+with the host.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from byol_jax import losses
+
+# The std diagnostic below this fraction of its healthy value 1/sqrt(D) is
+# reported as collapse by the train loop.
+COLLAPSE_STD_FRACTION = 0.1
+
+
+def normalized_std(z: jax.Array) -> jax.Array:
+  """Std over the batch of l2-normalised z, averaged over dimensions.
+
+  About 1/sqrt(D) for well-spread unit vectors; 0 when every row is the same
+  (SimSiam, Sec. 4.1).
+  """
+  return jnp.mean(jnp.std(losses.l2_normalize(z), axis=0))
+
+
+def effective_rank(z: jax.Array, eps: float = 1e-7) -> jax.Array:
+  """exp(entropy(s / sum s)), s the singular values of z (RankMe).
+
+  Equals D for features spread evenly over D orthogonal directions, 1 for
+  rank-one features.
+  """
+  z = z.astype(jnp.float32)
+  # Singular values from the (D, D) Gram matrix: cheaper than an SVD of z.
+  eig = jnp.linalg.eigvalsh(z.T @ z)
+  s = jnp.sqrt(jnp.maximum(eig, 0.0))
+  p = s / (jnp.sum(s) + eps) + eps
+  return jnp.exp(-jnp.sum(p * jnp.log(p)))
+
+
+def mean_offdiagonal_cosine(z: jax.Array) -> jax.Array:
+  """Mean cosine similarity between different rows (1 when collapsed)."""
+  zn = losses.l2_normalize(z)
+  n = z.shape[0]
+  sims = zn @ zn.T
+  return (jnp.sum(sims) - jnp.trace(sims)) / (n * (n - 1))
+
+
+def collapse_metrics(z: jax.Array) -> dict[str, jax.Array]:
+  return {
+      'collapse/normalized_std': normalized_std(z),
+      'collapse/healthy_std': jnp.asarray(1.0 / jnp.sqrt(z.shape[-1])),
+      'collapse/effective_rank': effective_rank(z),
+      'collapse/mean_offdiag_cosine': mean_offdiagonal_cosine(z),
+  }

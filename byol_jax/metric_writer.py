@@ -1,0 +1,77 @@
+"""Metrics out of the train loop: JSON lines, TensorBoard scalars, a PNG plot.
+
+Only process 0 writes (multi-host runs call this on every process).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Mapping
+
+import jax
+import numpy as np
+
+
+class MetricWriter:
+  """Appends {'step': s, name: value, ...} records to <workdir>/metrics.jsonl
+  and writes the same scalars to TensorBoard under <workdir>/tensorboard."""
+
+  def __init__(self, workdir: str):
+    self.enabled = jax.process_index() == 0
+    self.path = os.path.join(workdir, 'metrics.jsonl')
+    self._tb = None
+    if self.enabled:
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
+      os.makedirs(workdir, exist_ok=True)
+      self._tb = tf.summary.create_file_writer(
+          os.path.join(workdir, 'tensorboard'))
+
+  def write(self, step: int, scalars: Mapping[str, float]) -> None:
+    if not self.enabled:
+      return
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    record = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
+    with open(self.path, 'a') as f:
+      f.write(json.dumps(record) + '\n')
+    with self._tb.as_default(step=int(step)):
+      for k, v in scalars.items():
+        tf.summary.scalar(k, float(v))
+    self._tb.flush()
+
+  def close(self):
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(path: str) -> list[dict]:
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(metrics_path: str, out_path: str) -> None:
+  """PNG of the training curves: loss, lr, tau, collapse std, accuracies."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  records = read_metrics(metrics_path)
+  panels = [('loss', ['loss']), ('learning rate', ['lr']), ('tau', ['tau']),
+            ('collapse: std of l2-normalised z',
+             ['collapse/normalized_std', 'collapse/healthy_std']),
+            ('collapse: effective rank', ['collapse/effective_rank']),
+            ('accuracy', ['probe/train_top1', 'eval/knn_top1',
+                          'eval/probe_top1'])]
+  fig, axes = plt.subplots(2, 3, figsize=(13, 7))
+  for ax, (title, keys) in zip(axes.flat, panels):
+    for key in keys:
+      pts = [(r['step'], r[key]) for r in records if key in r]
+      if pts:
+        s, v = np.array(pts).T
+        ax.plot(s, v, marker='o' if len(pts) < 20 else None, label=key)
+    ax.set_title(title)
+    ax.set_xlabel('step')
+    if len(keys) > 1:
+      ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=90)
+  plt.close(fig)

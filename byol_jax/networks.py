@@ -1,0 +1,220 @@
+"""Networks: ResNet encoders and the BYOL / SimSiam heads (flax linen).
+
+Shape contract: images are NHWC float arrays; `SSLNetwork` returns a dict with
+  'embedding'  (N, C_enc)  the encoder's pooled output (what evaluation uses),
+  'projection' (N, D)      projector output z,
+  'prediction' (N, D)      predictor output q(z) (only if a predictor is used),
+  'logits'     (N, K)      online linear probe on stop_gradient(embedding).
+
+BatchNorm takes `axis_name`: inside the mapped train step the statistics are
+averaged over that named device axis, i.e. computed over the global batch.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+# ResNet depth -> (block kind, blocks per stage). He et al. 2016, Table 1.
+RESNET_LAYOUTS = {
+    18: ('basic', (2, 2, 2, 2)),
+    34: ('basic', (3, 4, 6, 3)),
+    50: ('bottleneck', (3, 4, 6, 3)),
+    101: ('bottleneck', (3, 4, 23, 3)),
+    152: ('bottleneck', (3, 8, 36, 3)),
+    200: ('bottleneck', (3, 24, 36, 3)),
+}
+STEMS = ('imagenet', 'small')
+
+# BN decay 0.9 and eps 1e-5 as in the official BYOL code (spec.md).
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+# He initialisation (fan_out), the torchvision / official-code convention for
+# convolutions followed by BatchNorm + ReLU.
+conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+
+
+class BasicBlock(nn.Module):
+  """ResNet v1 basic block: 3x3 -> 3x3, for ResNet-18/34."""
+  filters: int
+  strides: int
+  norm: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(nn.Conv, use_bias=False, padding='SAME',
+                             kernel_init=conv_init, dtype=self.dtype)
+    residual = x
+    y = conv(self.filters, (3, 3), (self.strides, self.strides))(x)
+    y = nn.relu(self.norm()(y))
+    y = conv(self.filters, (3, 3))(y)
+    y = self.norm()(y)
+    if residual.shape != y.shape:
+      residual = conv(self.filters, (1, 1), (self.strides, self.strides),
+                      name='shortcut_conv')(residual)
+      residual = self.norm(name='shortcut_bn')(residual)
+    return nn.relu(y + residual)
+
+
+class BottleneckBlock(nn.Module):
+  """ResNet v1 bottleneck: 1x1 -> 3x3 (strided, as in the official code) -> 1x1 (x4)."""
+  filters: int
+  strides: int
+  norm: Any
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(nn.Conv, use_bias=False, padding='SAME',
+                             kernel_init=conv_init, dtype=self.dtype)
+    residual = x
+    y = nn.relu(self.norm()(conv(self.filters, (1, 1))(x)))
+    y = conv(self.filters, (3, 3), (self.strides, self.strides))(y)
+    y = nn.relu(self.norm()(y))
+    y = self.norm()(conv(self.filters * 4, (1, 1))(y))
+    if residual.shape != y.shape:
+      residual = conv(self.filters * 4, (1, 1), (self.strides, self.strides),
+                      name='shortcut_conv')(residual)
+      residual = self.norm(name='shortcut_bn')(residual)
+    return nn.relu(y + residual)
+
+
+class ResNet(nn.Module):
+  """ResNet v1 encoder without classifier; returns globally pooled features.
+
+  Attributes:
+    depth: 18, 34, 50, 101, 152 or 200.
+    width: channel multiplier (1..4 as in the paper, or fractional, e.g. 0.25
+      gives 16-32-64-128 channels for a ResNet-18 on CPU).
+    stem: 'imagenet' (7x7/2 conv + 3x3/2 max-pool, TF 'SAME' padding) or
+      'small' (3x3/1 conv, no pool; the CIFAR-style stem for 28-32 px inputs).
+  """
+  depth: int = 50
+  width: float = 1.0
+  stem: str = 'imagenet'
+  bn_axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
+
+  @property
+  def num_features(self) -> int:
+    kind, _ = RESNET_LAYOUTS[self.depth]
+    return int(64 * self.width) * 8 * (4 if kind == 'bottleneck' else 1)
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    kind, stages = RESNET_LAYOUTS[self.depth]
+    block_cls = BasicBlock if kind == 'basic' else BottleneckBlock
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON, axis_name=self.bn_axis_name, dtype=self.dtype)
+    base = int(64 * self.width)
+    if base < 1:
+      raise ValueError(f'width={self.width} gives no channels; use >= 1/64.')
+    x = x.astype(self.dtype)
+    if self.stem == 'imagenet':
+      x = nn.Conv(base, (7, 7), (2, 2), padding='SAME', use_bias=False,
+                  kernel_init=conv_init, dtype=self.dtype, name='stem_conv')(x)
+      x = nn.relu(norm(name='stem_bn')(x))
+      x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
+    else:
+      x = nn.Conv(base, (3, 3), (1, 1), padding='SAME', use_bias=False,
+                  kernel_init=conv_init, dtype=self.dtype, name='stem_conv')(x)
+      x = nn.relu(norm(name='stem_bn')(x))
+    for i, num_blocks in enumerate(stages):
+      for j in range(num_blocks):
+        strides = 2 if i > 0 and j == 0 else 1
+        x = block_cls(base * 2**i, strides, norm, self.dtype,
+                      name=f'stage{i + 1}_block{j + 1}')(x)
+    return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
+
+
+class MLPHead(nn.Module):
+  """Linear -> BN -> ReLU blocks, then a final Linear (and optional BN).
+
+  BYOL projector/predictor: hidden=(4096,), out 256, bias everywhere, no BN on
+  the output. SimSiam projector: hidden=(2048, 2048), out 2048, no bias,
+  output BN without affine parameters. SimSiam predictor: hidden=(512,),
+  out 2048, bias only on the output layer.
+  """
+  hidden: Sequence[int]
+  out: int
+  hidden_bias: bool = True
+  out_bias: bool = True
+  out_bn: bool = False
+  bn_axis_name: Optional[str] = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    norm = functools.partial(
+        nn.BatchNorm, use_running_average=not train, momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON, axis_name=self.bn_axis_name, dtype=self.dtype)
+    for i, h in enumerate(self.hidden):
+      x = nn.Dense(h, use_bias=self.hidden_bias, dtype=self.dtype,
+                   name=f'linear{i + 1}')(x)
+      x = nn.relu(norm(name=f'bn{i + 1}')(x))
+    x = nn.Dense(self.out, use_bias=self.out_bias, dtype=self.dtype,
+                 name='linear_out')(x)
+    if self.out_bn:
+      x = norm(use_scale=False, use_bias=False, name='bn_out')(x)
+    return x.astype(jnp.float32)
+
+
+HEAD_PRESETS = {
+    # (projector kwargs, predictor kwargs); sizes are overridable by config.
+    'byol': (dict(hidden_bias=True, out_bias=True, out_bn=False),
+             dict(hidden_bias=True, out_bias=True, out_bn=False)),
+    'simsiam': (dict(hidden_bias=False, out_bias=False, out_bn=True),
+                dict(hidden_bias=False, out_bias=True, out_bn=False)),
+}
+
+
+class SSLNetwork(nn.Module):
+  """Encoder -> projector -> (predictor), plus the online linear probe.
+
+  The same module serves as online and target network; the target is called
+  with `predict=False` so its predictor is never evaluated.
+  """
+  encoder: ResNet
+  projector: MLPHead
+  predictor: Optional[MLPHead]
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x, train: bool, predict: bool = True):
+    emb = self.encoder(x, train=train)
+    proj = self.projector(emb, train=train)
+    out = {'embedding': emb, 'projection': proj}
+    if predict and self.predictor is not None:
+      out['prediction'] = self.predictor(proj, train=train)
+    # Online probe (official BYOL "online accuracy"): no gradient reaches the
+    # encoder from the classification loss.
+    out['logits'] = nn.Dense(self.num_classes, name='probe')(
+        jax.lax.stop_gradient(emb))
+    return out
+
+
+def build_network(model_config, num_classes: int,
+                  bn_axis_name: Optional[str] = None) -> SSLNetwork:
+  """Builds the network described by `config.model`."""
+  dtype = jnp.dtype(model_config.get('compute_dtype', 'float32'))
+  encoder = ResNet(depth=model_config.depth, width=model_config.width,
+                   stem=model_config.stem, bn_axis_name=bn_axis_name,
+                   dtype=dtype)
+  proj_kw, pred_kw = HEAD_PRESETS[model_config.head]
+  projector = MLPHead(hidden=tuple(model_config.projector_hidden),
+                      out=model_config.projection_dim,
+                      bn_axis_name=bn_axis_name, dtype=dtype, **proj_kw)
+  predictor = None
+  if model_config.use_predictor:
+    predictor = MLPHead(hidden=tuple(model_config.predictor_hidden),
+                        out=model_config.projection_dim,
+                        bn_axis_name=bn_axis_name, dtype=dtype, **pred_kw)
+  return SSLNetwork(encoder=encoder, projector=projector, predictor=predictor,
+                    num_classes=num_classes)

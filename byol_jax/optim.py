@@ -1,0 +1,83 @@
+"""Schedules (learning rate, EMA decay tau) and optimizers (LARS, SGD)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+# Leaf names of flax parameters excluded from weight decay and the LARS trust
+# ratio: biases (Dense/BatchNorm 'bias') and BatchNorm scales (BYOL, 3.2).
+_NO_DECAY_LEAVES = ('bias', 'scale')
+
+
+def scaled_learning_rate(base_lr: float, batch_size: int,
+                         scaling: str = 'linear') -> float:
+  """Peak LR: base_lr x batch / 256 ('linear', BYOL/SimSiam), or base_lr ('none')."""
+  if scaling == 'linear':
+    return base_lr * batch_size / 256
+  if scaling == 'none':
+    return base_lr
+  raise ValueError(f"lr_scaling must be 'linear' or 'none', got {scaling!r}")
+
+
+def learning_rate_schedule(peak_lr: float, total_steps: int,
+                           warmup_steps: int) -> optax.Schedule:
+  """Linear warm-up from 0 to `peak_lr`, then cosine decay to 0 at `total_steps`."""
+  if warmup_steps == 0:
+    return optax.cosine_decay_schedule(peak_lr, total_steps)
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=peak_lr, warmup_steps=warmup_steps,
+      decay_steps=total_steps, end_value=0.0)
+
+
+def tau_schedule(tau_base: float, total_steps: int) -> optax.Schedule:
+  """BYOL's EMA decay: tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2."""
+  def schedule(step):
+    progress = jnp.minimum(step, total_steps) / total_steps
+    return 1.0 - (1.0 - tau_base) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0
+  return schedule
+
+
+def decay_mask(params):
+  """True for leaves that get weight decay and trust-ratio adaptation."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: getattr(path[-1], 'key', None) not in _NO_DECAY_LEAVES,
+      params)
+
+
+def predictor_labels(params):
+  """'predictor' for the SimSiam predictor's leaves, 'rest' otherwise."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: 'predictor' if any(
+          getattr(k, 'key', None) == 'predictor' for k in path) else 'rest',
+      params)
+
+
+def build_optimizer(opt_config, lr_schedule: optax.Schedule,
+                    peak_lr: float) -> optax.GradientTransformation:
+  """The optimizer named by `config.optimizer.name`.
+
+  'lars' (BYOL): optax.lars, momentum 0.9, trust coefficient 1e-3; biases and
+    BatchNorm parameters are masked out of weight decay and trust ratio.
+  'sgd' (SimSiam): SGD with momentum and coupled weight decay (PyTorch
+    semantics); with `fixed_predictor_lr`, the predictor keeps the peak LR.
+  """
+  name = opt_config.name
+  if name == 'lars':
+    return optax.lars(
+        learning_rate=lr_schedule, weight_decay=opt_config.weight_decay,
+        weight_decay_mask=decay_mask, trust_coefficient=opt_config.trust_coefficient,
+        eps=0.0, trust_ratio_mask=decay_mask, momentum=opt_config.momentum)
+  if name == 'sgd':
+    def sgd(lr):
+      return optax.chain(
+          optax.add_decayed_weights(opt_config.weight_decay),
+          optax.sgd(lr, momentum=opt_config.momentum,
+                    nesterov=opt_config.get('nesterov', False)))
+    if not opt_config.get('fixed_predictor_lr', False):
+      return sgd(lr_schedule)
+    return optax.multi_transform(
+        {'rest': sgd(lr_schedule), 'predictor': sgd(peak_lr)},
+        predictor_labels)
+  raise ValueError(f"optimizer.name must be 'lars' or 'sgd', got {name!r}")

@@ -1,0 +1,299 @@
+"""The pretraining loop: config -> data -> step -> metrics / checkpoints.
+
+Side effects live here only; the math is in losses, optim and train_step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from byol_jax import (augment, checkpointing, config_lib, diagnostics, evaluate,
+                      input_pipeline, metric_writer, networks, optim,
+                      train_step)
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+def _format_time(seconds: float) -> str:
+  seconds = int(seconds)
+  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
+
+
+class _StopRequest:
+  """Turns SIGTERM / SIGINT (preemption, Ctrl-C) into a checkpoint and exit."""
+
+  def __init__(self):
+    self.signal = None
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      self._old[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.signal = signum
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def write_result(workdir: str, name: str, record: dict[str, Any]) -> str:
+  """Writes <workdir>/results/<name>.json; never overwrites an earlier one."""
+  out_dir = os.path.join(workdir, 'results')
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, f'{name}.json')
+  i = 1
+  while os.path.exists(path):
+    i += 1
+    path = os.path.join(out_dir, f'{name}.{i}.json')
+  if jax.process_index() == 0:
+    with open(path, 'w') as f:
+      json.dump(record, f, indent=2)
+  return path
+
+
+class KnnEvaluator:
+  """Weighted-kNN and online-probe accuracy of an encoder on the eval split."""
+
+  def __init__(self, config, network, mesh, train_source, eval_source):
+    self.config = config
+    self.eval_cfg = config.eval
+    self.embed = evaluate.make_eval_fn(network, mesh)
+    bank = train_source
+    n = self.eval_cfg.knn_train_examples
+    if 0 < n < len(train_source):
+      bank = input_pipeline.ArraySource(train_source.images[:n],
+                                        train_source.labels[:n])
+    self.sources = {'train': bank, 'eval': eval_source}
+
+  def _batches(self, split):
+    d = self.config.dataset
+    return input_pipeline.eval_batches(
+        self.sources[split], global_batch=self.eval_cfg.batch_size,
+        image_size=d.image_size, mean=d.mean, std=d.std,
+        crop_fraction=d.eval_crop_fraction,
+        process_index=jax.process_index(),
+        process_count=jax.process_count())
+
+  def _accuracies(self, train_feats, train_labels, test_feats, test_labels,
+                  prefix):
+    e = self.eval_cfg
+    accs = evaluate.knn_accuracy(
+        train_feats, train_labels, test_feats, test_labels,
+        ks=(e.knn_k, e.knn_k_small), temperature=e.knn_temperature,
+        num_classes=self.config.dataset.num_classes)
+    return {f'{prefix}knn_top1_k{k}': v for k, v in accs.items()}
+
+  def __call__(self, variables, prefix='eval/') -> dict[str, float]:
+    train = evaluate.extract(self.embed, variables, self._batches('train'))
+    test = evaluate.extract(self.embed, variables, self._batches('eval'))
+    out = self._accuracies(train['embedding'], train['label'],
+                           test['embedding'], test['label'], prefix)
+    out[f'{prefix}probe_top1'] = evaluate.topk_accuracy(
+        test['logits'], test['label'], 1)
+    out[f'{prefix}probe_top5'] = evaluate.topk_accuracy(
+        test['logits'], test['label'], 5)
+    return out
+
+  def raw_pixels(self) -> dict[str, float]:
+    """kNN on the raw [0, 1] pixels (eval view, before mean/std
+    normalisation): the floor any encoder must clear."""
+    d = self.config.dataset
+    flat = []
+    for split in ('train', 'eval'):
+      images = augment.eval_preprocess(
+          tf.constant(self.sources[split].images), d.image_size,
+          d.eval_crop_fraction).numpy()
+      flat += [images.reshape(len(images), -1), self.sources[split].labels]
+    return self._accuracies(*flat, 'raw_pixels/')
+
+
+def train_and_evaluate(config, workdir: str) -> dict[str, float]:
+  """Pretrains as `config` says, checkpoints into `workdir`, returns the final
+  evaluation (weighted-kNN and probe accuracy, plus baselines if asked)."""
+  start_time = time.time()
+  config_lib.validate(config, jax.device_count(), jax.process_count())
+  d = config.dataset
+  train_source = input_pipeline.load_arrays(d, d.train_split)
+  eval_source = input_pipeline.load_arrays(d, d.eval_split)
+  if train_source.images.shape[-1] != d.num_channels:
+    raise config_lib.ConfigError(
+        f'dataset.num_channels={d.num_channels} but {d.name} images have '
+        f'{train_source.images.shape[-1]} channels.')
+  config_lib.validate_schedule(config, len(train_source))
+
+  num_steps = config_lib.total_steps(config, len(train_source))
+  steps_per_epoch = config_lib.steps_per_epoch(config, len(train_source))
+  peak_lr = optim.scaled_learning_rate(config.optimizer.base_lr,
+                                       config.batch_size,
+                                       config.optimizer.lr_scaling)
+  lr_schedule = optim.learning_rate_schedule(
+      peak_lr, num_steps, config_lib.warmup_steps(config, len(train_source)))
+  tau_schedule = optim.tau_schedule(config.target.tau_base, num_steps)
+  network = networks.build_network(config.model, d.num_classes,
+                                   bn_axis_name=train_step.AXIS)
+  optimizer = optim.build_optimizer(config.optimizer, lr_schedule, peak_lr)
+  mesh = train_step.make_mesh()
+  image_shape = (d.image_size, d.image_size, d.num_channels)
+
+  os.makedirs(workdir, exist_ok=True)
+  manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
+  state = train_step.init_state(
+      jax.random.key(config.seed), network, optimizer, image_shape,
+      use_target=config.target.use, target_init=config.target.init)
+  init_variables = {'params': state.online_params,
+                    'batch_stats': state.online_batch_stats}
+  state = train_step.replicate(state, mesh)
+  if manager.latest_step() is not None:
+    checkpointing.check_compatible(checkpointing.load_config(manager), config,
+                                   checkpointing.checkpoint_dir(workdir))
+    state = checkpointing.restore(manager, state)
+    logging.info('Resumed from step %d in %s', int(state.step), workdir)
+  start_step = int(jax.device_get(state.step))
+
+  evaluator = KnnEvaluator(config, network, mesh, train_source, eval_source)
+  writer = metric_writer.MetricWriter(workdir)
+  baselines = {}
+  if config.eval.baselines:
+    baselines.update(evaluator.raw_pixels())
+    baselines.update({k.replace('eval/', 'random_init/'): v for k, v in
+                      evaluator(init_variables).items() if 'knn' in k})
+    logging.info('Baselines: %s', _fmt(baselines))
+
+  data = input_pipeline.pretrain_dataset(
+      train_source, global_batch=config.batch_size, seed=config.seed,
+      image_size=d.image_size, view1=config.augment.view1.to_dict(),
+      view2=config.augment.view2.to_dict(), mean=d.mean, std=d.std,
+      start_step=start_step, process_index=jax.process_index(),
+      process_count=jax.process_count())
+  batches = data.as_numpy_iterator()
+  step_fn = train_step.make_train_step(
+      mesh, network=network, optimizer=optimizer, lr_schedule=lr_schedule,
+      tau_schedule=tau_schedule, loss_config=config.loss)
+  rng = train_step.replicate(jax.random.key(config.seed + 1), mesh)
+  knn_every = config.eval.knn_every_epochs * steps_per_epoch
+
+  logging.info('Training %d steps (%d per epoch), global batch %d on %d '
+               'devices, from step %d.', num_steps, steps_per_epoch,
+               config.batch_size, jax.device_count(), start_step)
+  pending, interval_start, timed_from = [], time.time(), None
+  step = start_step
+  with _StopRequest() as stop:
+    while step < num_steps:
+      batch = train_step.shard_batch(next(batches), mesh)
+      state, metrics = step_fn(state, batch, rng)
+      pending.append(metrics)
+      step += 1
+      if step == start_step + 1:  # Time from after the compile.
+        jax.block_until_ready(metrics)
+        timed_from = (time.time(), step)
+      last = step == num_steps
+      if step % config.log_every_steps == 0 or last or stop.signal:
+        summary = _mean_metrics(pending)
+        pending = []
+        if not np.isfinite(summary['loss']):
+          raise NonFiniteLossError(
+              f'Loss is {summary["loss"]} at step {step} (averaged over the '
+              f'last {config.log_every_steps} steps); stopping. The last good '
+              f'checkpoint (step {manager.latest_step()}) is untouched.')
+        now = time.time()
+        rate = (step - timed_from[1]) / max(now - timed_from[0], 1e-9)
+        summary['images_per_second'] = rate * config.batch_size
+        eta = (num_steps - step) / rate if rate > 0 else float('nan')
+        writer.write(step, summary)
+        logging.info('step %d/%d | loss %.4f | probe %.3f | std %.4f '
+                     '(healthy %.4f) | %.0f img/s | ETA %s', step, num_steps,
+                     summary['loss'], summary['probe/train_top1'],
+                     summary['collapse/normalized_std'],
+                     summary['collapse/healthy_std'],
+                     summary['images_per_second'], _format_time(eta))
+        if (summary['collapse/normalized_std'] <
+            diagnostics.COLLAPSE_STD_FRACTION
+            * summary['collapse/healthy_std']):
+          logging.warning(
+              'COLLAPSE: the std of l2-normalised projections is %.2g, under '
+              '%.0f%% of its healthy value %.3g: representations are '
+              'collapsing to a constant.', summary['collapse/normalized_std'],
+              100 * diagnostics.COLLAPSE_STD_FRACTION,
+              summary['collapse/healthy_std'])
+      if config.checkpoint_every_steps and (
+          step % config.checkpoint_every_steps == 0) and not last:
+        checkpointing.save(manager, state, config)
+      if knn_every and step % knn_every == 0 and not last:
+        accs = evaluator(_online_variables(state))
+        writer.write(step, accs)
+        logging.info('step %d eval: %s', step, _fmt(accs))
+      if stop.signal:
+        checkpointing.save(manager, state, config)
+        manager.wait_until_finished()
+        logging.warning('Stopped by signal %d at step %d; checkpoint saved. '
+                        'Run the same command to resume.', stop.signal, step)
+        raise SystemExit(128 + stop.signal)
+  checkpointing.save(manager, state, config)
+  manager.wait_until_finished()
+
+  final = evaluator(_online_variables(state))
+  writer.write(step, final)
+  writer.close()
+  if jax.process_index() == 0:
+    metric_writer.plot_curves(writer.path,
+                              os.path.join(workdir, 'training_curves.png'))
+  result = {**final, **baselines, 'step': step,
+            'wall_time_s': time.time() - start_time}
+  write_result(workdir, f'knn_step{step}', {
+      'metrics': result, 'checkpoint_step': step,
+      'checkpoint_dir': checkpointing.checkpoint_dir(workdir),
+      'config': config.to_dict()})
+  logging.info('Final: %s', _fmt(result))
+  return result
+
+
+def _online_variables(state):
+  return {'params': state.online_params,
+          'batch_stats': state.online_batch_stats}
+
+
+def _mean_metrics(pending) -> dict[str, float]:
+  """One host transfer for the whole logging interval."""
+  host = jax.device_get(pending)
+  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
+def _fmt(d):
+  return ', '.join(f'{k}={v:.4f}' for k, v in sorted(d.items()))
+
+
+def summary_table(result: dict[str, float]) -> str:
+  """The demo's closing lines: the encoder's kNN accuracy next to baselines."""
+  rows = [('this encoder (step %d)' % result.get('step', -1), 'eval/'),
+          ('same encoder at random init', 'random_init/'),
+          ('raw pixels', 'raw_pixels/')]
+  ks = sorted({int(k.rsplit('_k', 1)[1]) for k in result if '_k' in k},
+              reverse=True)
+  lines = ['Weighted-kNN test accuracy (cosine, temperature from config):',
+           f'  {"":32s}' + ''.join(f'{"k=" + str(k):>10s}' for k in ks)]
+  for name, prefix in rows:
+    vals = [result.get(f'{prefix}knn_top1_k{k}') for k in ks]
+    if any(v is not None for v in vals):
+      lines.append(f'  {name:32s}' + ''.join(
+          f'{v:10.4f}' if v is not None else f'{"-":>10s}' for v in vals))
+  if 'eval/probe_top1' in result:
+    lines.append(f'  online linear probe top-1: {result["eval/probe_top1"]:.4f}')
+  if 'wall_time_s' in result:
+    lines.append(f'  wall time: {_format_time(result["wall_time_s"])}')
+  return '\n'.join(lines)

@@ -1,0 +1,200 @@
+"""Train state and the pure, device-mapped BYOL / SimSiam train step.
+
+Mapping: `jax.shard_map` under `jax.jit` over a 1-D mesh of devices with the
+named axis 'batch' -- what `jax.pmap` itself lowers to since JAX 0.8, with the
+same semantics (per-device code, `lax.pmean` over the named axis) and global
+`jax.Array`s in and out, which also makes multi-host input assembly explicit.
+Inside the step, gradients and metrics are pmean'd and every BatchNorm
+averages its statistics over 'batch', i.e. over the global batch, per view.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from byol_jax import diagnostics, losses, networks
+
+AXIS = 'batch'
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a run carries from step to step, as one pytree.
+
+  SimSiam and the 'no target network' ablations have `target_params` and
+  `target_batch_stats` set to None: the target is stop_gradient(online).
+  """
+  step: jax.Array
+  online_params: Any
+  online_batch_stats: Any
+  target_params: Any
+  target_batch_stats: Any
+  opt_state: Any
+
+
+def make_mesh(devices=None) -> Mesh:
+  """1-D mesh over `devices` (default: all devices of all processes)."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (AXIS,))
+
+
+def init_state(rng: jax.Array, network: networks.SSLNetwork,
+               optimizer: optax.GradientTransformation,
+               image_shape: tuple[int, int, int], use_target: bool,
+               target_init: str = 'independent') -> TrainState:
+  """Initialises online (and target) variables and the optimizer state.
+
+  target_init: 'independent' draws the target from its own key, as the
+    official BYOL code does; 'copy' starts it equal to the online network.
+  """
+  online_key, target_key = jax.random.split(rng)
+  dummy = jnp.zeros((2, *image_shape), jnp.float32)
+  init = jax.jit(functools.partial(network.init, train=False))
+  online = init(online_key, dummy)
+  target_params = target_stats = None
+  if use_target:
+    if target_init == 'independent':
+      target = init(target_key, dummy)
+    elif target_init == 'copy':
+      target = online
+    else:
+      raise ValueError(
+          f"target.init must be 'independent' or 'copy', got {target_init!r}")
+    target_params, target_stats = target['params'], target['batch_stats']
+  return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      online_params=online['params'],
+      online_batch_stats=online['batch_stats'],
+      target_params=target_params,
+      target_batch_stats=target_stats,
+      opt_state=optimizer.init(online['params']))
+
+
+def _forward(network, params, batch_stats, images, predict):
+  """Train-mode forward of one view; returns (outputs, new batch_stats)."""
+  out, mutated = network.apply(
+      {'params': params, 'batch_stats': batch_stats}, images, train=True,
+      predict=predict, mutable=['batch_stats'])
+  return out, mutated['batch_stats']
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array],
+               rng: jax.Array, *, network: networks.SSLNetwork,
+               optimizer: optax.GradientTransformation,
+               lr_schedule: Callable, tau_schedule: Callable, loss_config,
+               axis_name: Optional[str] = AXIS,
+               ) -> tuple[TrainState, dict[str, jax.Array]]:
+  """One optimisation step on this device's shard of the global batch.
+
+  Args:
+    state: replicated TrainState.
+    batch: {'view1', 'view2': (b, H, W, C) float32, 'label': (b,) int32}.
+    rng: replicated key; unused by the deterministic networks here, kept so
+      stochastic layers fold in (step, device) without changing the signature.
+    axis_name: the named device axis (None only for unmapped debugging).
+
+  Returns:
+    The new state and a dict of scalar metrics, averaged over devices.
+  """
+  del rng
+  use_target = state.target_params is not None
+  use_predictor = network.predictor is not None
+
+  def loss_fn(params):
+    out1, stats = _forward(network, params, state.online_batch_stats,
+                           batch['view1'], True)
+    out2, stats = _forward(network, params, stats, batch['view2'], True)
+    if use_target:
+      t1, t_stats = _forward(network, state.target_params,
+                             state.target_batch_stats, batch['view1'], False)
+      t2, t_stats = _forward(network, state.target_params, t_stats,
+                             batch['view2'], False)
+      target_1, target_2 = t1['projection'], t2['projection']
+    else:  # target = stop_gradient(online); the losses stop the gradient.
+      t_stats = None
+      target_1, target_2 = out1['projection'], out2['projection']
+    key = 'prediction' if use_predictor else 'projection'
+    if loss_config.name == 'byol':
+      ssl = losses.infonce_alpha_beta_loss(
+          out1[key], out2[key], target_1, target_2, alpha=loss_config.alpha,
+          beta=loss_config.beta, axis_name=axis_name)
+    elif loss_config.name == 'simsiam':
+      ssl = losses.simsiam_loss(out1[key], out2[key], target_1, target_2,
+                                stop_gradient=loss_config.stop_gradient)
+    else:
+      raise ValueError(f'unknown loss {loss_config.name!r}')
+    probe = (losses.probe_loss(out1['logits'], batch['label'])
+             + losses.probe_loss(out2['logits'], batch['label'])) / 2
+    aux = dict(stats=stats, t_stats=t_stats, ssl=ssl, probe=probe,
+               logits=out1['logits'], projection=out1['projection'])
+    return ssl + probe, aux
+
+  grads, aux = jax.grad(loss_fn, has_aux=True)(state.online_params)
+  if axis_name is not None:
+    grads = jax.lax.pmean(grads, axis_name)
+  updates, opt_state = optimizer.update(grads, state.opt_state,
+                                        state.online_params)
+  online_params = optax.apply_updates(state.online_params, updates)
+
+  tau = tau_schedule(state.step)
+  target_params = None
+  if use_target:
+    # xi <- tau xi + (1 - tau) theta, with the freshly updated theta.
+    target_params = optax.incremental_update(
+        new_tensors=online_params, old_tensors=state.target_params,
+        step_size=1.0 - tau)
+
+  projection = aux['projection']
+  labels = batch['label']
+  if axis_name is not None:  # Diagnostics on the global batch.
+    projection = jax.lax.all_gather(projection, axis_name, tiled=True)
+  metrics = {
+      'loss': aux['ssl'],
+      'probe/loss': aux['probe'],
+      'probe/train_top1': jnp.mean(
+          jnp.argmax(aux['logits'], -1) == labels).astype(jnp.float32),
+      'lr': lr_schedule(state.step),
+      'tau': tau if use_target else jnp.zeros(()),
+      **diagnostics.collapse_metrics(projection),
+  }
+  if axis_name is not None:
+    # Also marks the (identical) global-batch diagnostics as replicated.
+    metrics = jax.lax.pmean(metrics, axis_name)
+
+  new_state = state.replace(
+      step=state.step + 1, online_params=online_params,
+      online_batch_stats=aux['stats'], target_params=target_params,
+      target_batch_stats=aux['t_stats'], opt_state=opt_state)
+  return new_state, metrics
+
+
+def make_train_step(mesh: Mesh, **step_kwargs) -> Callable:
+  """jit(shard_map(train_step)) over `mesh`; the state is donated.
+
+  The returned function takes (state, batch, rng) as global arrays: the state
+  and rng replicated, the batch sharded along its leading axis.
+  """
+  step = functools.partial(train_step, axis_name=AXIS, **step_kwargs)
+  mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS), P()),
+                         out_specs=(P(), P()))
+  return jax.jit(mapped, donate_argnums=(0,))
+
+
+def replicate(tree, mesh: Mesh):
+  """Places a host pytree on every device of `mesh` (replicated)."""
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(batch, mesh: Mesh):
+  """Assembles global arrays from this process's slice of the global batch."""
+  sharding = NamedSharding(mesh, P(AXIS))
+  return jax.tree.map(
+      lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
