@@ -96,9 +96,9 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
   check(m.compute_dtype in ('float32', 'bfloat16'),
         f"model.compute_dtype={m.compute_dtype!r}: use 'float32' or "
         "'bfloat16'.")
-  check(config.optimizer.name in ('lars', 'sgd'),
-        f"optimizer.name={config.optimizer.name!r} is unknown; use 'lars' "
-        "or 'sgd'.")
+  check(config.optimizer.name in ('lars', 'sgd', 'adamw'),
+        f"optimizer.name={config.optimizer.name!r} is unknown; use 'lars', "
+        "'sgd' or 'adamw'.")
   check(config.optimizer.lr_scaling in ('linear', 'none'),
         f"optimizer.lr_scaling={config.optimizer.lr_scaling!r}: use "
         "'linear' or 'none'.")
@@ -149,3 +149,62 @@ def validate_schedule(config, num_train_examples: int) -> None:
 def warmup_steps(config, num_train_examples: int) -> int:
   return int(config.optimizer.warmup_epochs
              * steps_per_epoch(config, num_train_examples))
+
+
+def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
+  """Parses a config argument 'k1=v1,k2=v2' (the text after ':' in
+  --config=configs/x.py:k1=v1) into typed fields, with `defaults`' types."""
+  out = ml_collections.ConfigDict(defaults)
+  if not arg:
+    return out
+  for item in arg.split(','):
+    if '=' not in item:
+      raise ConfigError(f'config argument {item!r} is not key=value; known '
+                        f'keys: {sorted(defaults)}.')
+    key, value = item.split('=', 1)
+    if key not in defaults:
+      raise ConfigError(f'unknown config argument {key!r}; known keys: '
+                        f'{sorted(defaults)}.')
+    kind = type(defaults[key])
+    if kind is bool:
+      out[key] = value.lower() in ('1', 'true', 'yes')
+    else:
+      out[key] = kind(value)
+  return out
+
+
+# BYOL's official presets by pretraining length (spec.md): epochs ->
+# (base LR, weight decay, tau_base).
+BYOL_IMAGENET_PRESETS = {
+    40: (0.45, 1e-6, 0.97),
+    100: (0.45, 1e-6, 0.99),
+    300: (0.3, 1e-6, 0.99),
+    1000: (0.2, 1.5e-6, 0.996),
+}
+
+
+def byol_imagenet_config(epochs: int = 1000) -> ml_collections.ConfigDict:
+  """BYOL ResNet-50 on ImageNet with the official preset for `epochs`."""
+  if epochs not in BYOL_IMAGENET_PRESETS:
+    raise ConfigError(f'BYOL has official presets for epochs in '
+                      f'{sorted(BYOL_IMAGENET_PRESETS)}, not {epochs}.')
+  c = base_config()
+  lr, wd, tau = BYOL_IMAGENET_PRESETS[epochs]
+  c.num_epochs = epochs
+  c.optimizer.update(dict(base_lr=lr, weight_decay=wd))
+  c.target.tau_base = tau
+  return c
+
+
+def simsiam_overrides(c):
+  """Turns a BYOL config into SimSiam: SimSiam heads, no target network,
+  negative-cosine loss, SGD with a fixed-LR predictor, no warm-up."""
+  c.model.update(dict(head='simsiam', projector_hidden=(2048, 2048),
+                      predictor_hidden=(512,), projection_dim=2048))
+  c.target.use = False
+  c.loss.name = 'simsiam'
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name='sgd', base_lr=0.05, lr_scaling='linear', weight_decay=1e-4,
+      momentum=0.9, nesterov=False, warmup_epochs=0.0,
+      fixed_predictor_lr=True, trust_coefficient=1e-3))
+  return c

@@ -31,10 +31,9 @@ def effective_rank(z: jax.Array, eps: float = 1e-7) -> jax.Array:
   Equals D for features spread evenly over D orthogonal directions, 1 for
   rank-one features.
   """
-  z = z.astype(jnp.float32)
-  # Singular values from the (D, D) Gram matrix: cheaper than an SVD of z.
-  eig = jnp.linalg.eigvalsh(z.T @ z)
-  s = jnp.sqrt(jnp.maximum(eig, 0.0))
+  # An SVD rather than eigenvalues of z^T z: in float32 the Gram matrix's
+  # rounding noise, square-rooted, would inflate the rank of degenerate z.
+  s = jnp.linalg.svd(z.astype(jnp.float32), compute_uv=False)
   p = s / (jnp.sum(s) + eps) + eps
   return jnp.exp(-jnp.sum(p * jnp.log(p)))
 

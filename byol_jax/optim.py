@@ -62,6 +62,7 @@ def build_optimizer(opt_config, lr_schedule: optax.Schedule,
     BatchNorm parameters are masked out of weight decay and trust ratio.
   'sgd' (SimSiam): SGD with momentum and coupled weight decay (PyTorch
     semantics); with `fixed_predictor_lr`, the predictor keeps the peak LR.
+  'adamw': AdamW, decay masked like LARS (small-scale CPU runs).
   """
   name = opt_config.name
   if name == 'lars':
@@ -80,4 +81,8 @@ def build_optimizer(opt_config, lr_schedule: optax.Schedule,
     return optax.multi_transform(
         {'rest': sgd(lr_schedule), 'predictor': sgd(peak_lr)},
         predictor_labels)
-  raise ValueError(f"optimizer.name must be 'lars' or 'sgd', got {name!r}")
+  if name == 'adamw':
+    return optax.adamw(lr_schedule, weight_decay=opt_config.weight_decay,
+                       mask=decay_mask)
+  raise ValueError(
+      f"optimizer.name must be 'lars', 'sgd' or 'adamw', got {name!r}")

@@ -1,0 +1,28 @@
+"""Test setup: 8 virtual CPU devices, before anything imports JAX."""
+
+import os
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
+                           + ' --xla_force_host_platform_device_count=8')
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import chex  # noqa: E402
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
+import pytest  # noqa: E402
+
+chex.set_n_cpu_devices(8)
+
+
+def tiny_model_config(head='byol', use_predictor=True):
+  """ResNet-18 at width 1/16 with 16-wide heads: compiles in seconds."""
+  return ml_collections.ConfigDict(dict(
+      depth=18, width=1 / 16, stem='small', head=head,
+      projector_hidden=(16,), predictor_hidden=(16,), projection_dim=8,
+      use_predictor=use_predictor, compute_dtype='float32'))
+
+
+@pytest.fixture(scope='session')
+def devices():
+  assert jax.device_count() == 8, 'conftest must run before JAX starts'
+  return jax.devices()

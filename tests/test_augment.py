@@ -1,0 +1,159 @@
+"""Augmentation ops: eager == tf.data, probabilities, view asymmetry."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from byol_jax import augment
+
+RNG = np.random.RandomState(0)
+COLOR = tf.constant(RNG.uniform(0.1, 0.9, (16, 16, 3)), tf.float32)
+GRAY = tf.constant(RNG.uniform(0.1, 0.9, (16, 16, 1)), tf.float32)
+SEED = tf.constant([3, 7], tf.int64)
+
+# Only the op under test is active; the crop keeps the whole image.
+OFF = dict(augment.PRESETS['byol_imagenet'][0], crop_area=(1.0, 1.0),
+           crop_aspect=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0,
+           grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
+
+OPS = {
+    'crop': lambda x, s: augment.random_resized_crop(x, s, 12),
+    'jitter': lambda x, s: augment.color_jitter(x, s, 0.4, 0.4, 0.2, 0.1),
+    'blur': lambda x, s: augment.gaussian_blur(x, s),
+    'view': lambda x, s: augment.augment_view(
+        x, s, augment.PRESETS['byol_imagenet'][1], 12),
+    'two_views': lambda x, s: tf.stack(augment.two_views(
+        x, s, *augment.PRESETS['byol_imagenet'], 12)),
+}
+
+
+@pytest.mark.parametrize('name', sorted(OPS))
+@pytest.mark.parametrize('image', [COLOR, GRAY], ids=['rgb', 'gray'])
+def test_eager_and_tf_data_agree(name, image):
+  op = OPS[name]
+  eager = op(image, SEED).numpy()
+  in_data = next(iter(tf.data.Dataset.from_tensors(SEED).map(
+      lambda s: op(image, s)))).numpy()
+  np.testing.assert_allclose(eager, in_data, atol=1e-6)
+  np.testing.assert_array_equal(op(image, SEED).numpy(), eager)  # repeats
+  assert not np.allclose(op(image, SEED + 1).numpy(), eager)    # seed matters
+
+
+def _fire_rate(params, fired, image=COLOR, n=400):
+  """Fraction of n seeds for which `fired(input, output)` holds."""
+  fn = tf.function(lambda s: augment.augment_view(image, s, params,
+                                                  image.shape[0]))
+  hits = sum(bool(fired(image.numpy(), fn(tf.constant([i, 11], tf.int64))
+                        .numpy())) for i in range(n))
+  return hits / n
+
+
+def _assert_rate(rate, p, n=400):
+  tol = 4 * np.sqrt(max(p * (1 - p), 1e-4) / n) + 1e-9
+  assert abs(rate - p) <= tol, (rate, p)
+
+
+CHANGED = lambda x, y: not np.allclose(x, y, atol=1e-4)  # noqa: E731
+
+
+@pytest.mark.parametrize('field,p,fired', [
+    ('flip_prob', 0.5, lambda x, y: np.allclose(y, x[:, ::-1], atol=1e-5)),
+    ('jitter_prob', 0.8, CHANGED),
+    ('grayscale_prob', 0.2,
+     lambda x, y: np.allclose(y[..., 0], y[..., 1], atol=1e-6)),
+    ('solarize_prob', 0.2, lambda x, y: np.any(y > 0.9)),
+    ('blur_prob', 0.1, CHANGED),
+])
+def test_each_op_fires_with_its_probability(field, p, fired):
+  image = COLOR
+  if field == 'solarize_prob':  # values in [0, 0.1): solarized -> above 0.9
+    image = tf.constant(RNG.uniform(0.0, 0.1, (16, 16, 3)), tf.float32)
+  _assert_rate(_fire_rate(dict(OFF, **{field: p}), fired, image), p)
+
+
+@pytest.mark.parametrize('preset', ['byol_imagenet'])
+def test_byol_views_are_asymmetric(preset):
+  view1, view2 = augment.PRESETS[preset]
+  keep = ('blur_prob', 'solarize_prob')
+  v1 = dict(OFF, **{k: view1[k] for k in keep})
+  v2 = dict(OFF, **{k: view2[k] for k in keep})
+  dark = tf.constant(RNG.uniform(0.0, 0.1, (24, 24, 3)), tf.float32)
+  solarized = lambda x, y: np.any(y > 0.9)  # noqa: E731
+  assert _fire_rate(v1, CHANGED, COLOR, 100) == 1.0       # view 1 always blurs
+  _assert_rate(_fire_rate(v2, CHANGED, COLOR), 0.1 + 0.9 * 0.2)  # blur|sol.
+  assert _fire_rate(v1, solarized, dark, 100) == 0.0      # never solarizes
+  _assert_rate(_fire_rate(v2, solarized, dark), 0.2)
+
+
+def test_preset_parameters_match_the_paper():
+  v1, v2 = augment.PRESETS['byol_imagenet']
+  assert v1['crop_area'] == (0.08, 1.0) and v1['crop_aspect'] == (3 / 4, 4 / 3)
+  assert (v1['brightness'], v1['contrast'], v1['saturation'], v1['hue']) == (
+      0.4, 0.4, 0.2, 0.1)
+  assert (v1['jitter_prob'], v1['grayscale_prob'], v1['flip_prob']) == (
+      0.8, 0.2, 0.5)
+  assert (v1['blur_prob'], v2['blur_prob']) == (1.0, 0.1)
+  assert (v1['solarize_prob'], v2['solarize_prob']) == (0.0, 0.2)
+  s1, s2 = augment.PRESETS['simsiam_imagenet']
+  assert s1 == s2 and s1['crop_area'] == (0.2, 1.0) and s1['blur_prob'] == 0.5
+  assert s1['saturation'] == 0.4
+  small1, small2 = augment.PRESETS['byol_small']
+  assert small1['blur_prob'] == small2['blur_prob'] == 0.0
+  assert small2['solarize_prob'] == 0.2
+
+
+def test_blur_kernel_is_ten_percent_of_the_side():
+  """A single bright pixel spreads over 2 * (side // 20) + 1 pixels."""
+  for side, width in ((224, 23), (32, 3), (28, 3)):
+    img = np.zeros((side, side, 1), np.float32)
+    img[side // 2, side // 2] = 1.0
+    out = augment.gaussian_blur(tf.constant(img), SEED, (5.0, 5.0)).numpy()
+    assert (out[side // 2, :, 0] > 0).sum() == width
+    assert out.sum() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_crop_falls_back_to_the_centre_square():
+  """Area 1 with a 2:1 image cannot meet aspect 3/4..4/3: centre crop."""
+  img = tf.constant(RNG.uniform(0, 1, (10, 20, 1)), tf.float32)
+  out = augment.random_resized_crop(img, SEED, 10, area=(1.0, 1.0))
+  np.testing.assert_allclose(out.numpy(), img.numpy()[:, 5:15], atol=1e-5)
+
+
+def test_crop_output_shape_and_range():
+  out = augment.random_resized_crop(COLOR, SEED, 7)
+  assert out.shape == (7, 7, 3)
+  assert 0.0 <= out.numpy().min() and out.numpy().max() <= 1.0
+
+
+def test_solarize_and_grayscale_values():
+  x = tf.constant([[[0.2], [0.5], [0.9]]])
+  np.testing.assert_allclose(augment.solarize(x).numpy().ravel(),
+                             [0.2, 0.5, 0.1], atol=1e-6)
+  g = augment.to_grayscale(tf.constant([[[1.0, 0.0, 0.0]]])).numpy()
+  np.testing.assert_allclose(g.ravel(), [0.2989] * 3, atol=1e-3)
+  assert augment.to_grayscale(GRAY) is GRAY
+
+
+def test_two_views_differ_and_normalize():
+  img = tf.constant(RNG.randint(0, 256, (16, 16, 3)), tf.uint8)
+  v1, v2 = augment.two_views(img, SEED, *augment.PRESETS['byol_imagenet'], 16)
+  assert v1.dtype == tf.float32 and v1.shape == (16, 16, 3)
+  assert not np.allclose(v1.numpy(), v2.numpy())
+  n = augment.normalize(v1, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).numpy()
+  np.testing.assert_allclose(n, (v1.numpy() - 0.5) / 0.25, atol=1e-6)
+
+
+def test_eval_preprocess_resizes_shorter_side_and_centre_crops():
+  img = tf.constant(RNG.randint(0, 256, (300, 400, 3)), tf.uint8)
+  out = augment.eval_preprocess(img, 224, 0.875)
+  assert out.shape == (224, 224, 3)
+  batch = augment.eval_preprocess(tf.stack([img, img]), 224, 0.875)
+  np.testing.assert_allclose(batch[0].numpy(), out.numpy(), atol=1e-6)
+  small = tf.constant(RNG.randint(0, 256, (28, 28, 1)), tf.uint8)
+  np.testing.assert_allclose(augment.eval_preprocess(small, 28, 1.0).numpy(),
+                             small.numpy() / 255.0, atol=1e-6)
+
+
+def test_unknown_preset_is_refused():
+  with pytest.raises(ValueError, match='byol_imagenet'):
+    augment.preset('byol_huge')

@@ -1,0 +1,157 @@
+"""Sources, the two-view training stream and the padded eval batches."""
+
+import gzip
+import struct
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from byol_jax import augment, input_pipeline as ip
+
+V1, V2 = augment.preset('byol_small')
+
+
+def _write_idx(path, array, compress):
+  header = struct.pack('>HBB', 0, 0x08, array.ndim) + struct.pack(
+      f'>{array.ndim}I', *array.shape)
+  opener = gzip.open if compress else open
+  with opener(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_fake_fashion_mnist(directory, n_train=64, n_test=21, seed=0):
+  """Fashion-MNIST-format idx files (the Debian package's names)."""
+  rng = np.random.RandomState(seed)
+  for split, n in (('train', n_train), ('t10k', n_test)):
+    _write_idx(directory / f'{split}-images-idx3-ubyte.gz',
+               rng.randint(0, 256, (n, 28, 28)), compress=True)
+    _write_idx(directory / f'{split}-labels-idx1-ubyte.gz',
+               np.arange(n) % 10, compress=True)
+
+
+def fmnist_config(idx_dir, source='auto'):
+  return ml_collections.ConfigDict(dict(
+      name='fashion_mnist', source=source, idx_dir=str(idx_dir), data_dir='',
+      download=False))
+
+
+def test_read_idx_plain_and_gzipped(tmp_path):
+  a = np.random.RandomState(1).randint(0, 256, (3, 4, 5))
+  _write_idx(tmp_path / 'a', a, compress=False)
+  _write_idx(tmp_path / 'b.gz', a, compress=True)
+  np.testing.assert_array_equal(ip.read_idx(str(tmp_path / 'a')), a)
+  np.testing.assert_array_equal(ip.read_idx(str(tmp_path / 'b.gz')), a)
+
+
+def test_fashion_mnist_idx_source(tmp_path):
+  write_fake_fashion_mnist(tmp_path)
+  cfg = fmnist_config(tmp_path)
+  assert ip.uses_idx(cfg)
+  train, test = ip.load_arrays(cfg, 'train'), ip.load_arrays(cfg, 'test')
+  assert train.images.shape == (64, 28, 28, 1) and train.images.dtype == np.uint8
+  assert len(test) == 21 and test.labels[:3].tolist() == [0, 1, 2]
+
+
+def test_missing_fashion_mnist_names_both_ways_to_get_it(tmp_path):
+  with pytest.raises(ip.DatasetNotFoundError) as e:
+    ip.load_fashion_mnist_idx(str(tmp_path), 'train')
+  assert 'apt-get install dataset-fashion-mnist' in str(e.value)
+  assert "tfds.load('fashion_mnist')" in str(e.value)
+
+
+def test_missing_tfds_dataset_is_a_clear_error(tmp_path):
+  cfg = fmnist_config(tmp_path / 'nowhere', source='tfds')
+  cfg.data_dir = str(tmp_path / 'empty_tfds')
+  with pytest.raises(ip.DatasetNotFoundError, match='apt-get install'):
+    ip.load_arrays(cfg, 'train')
+
+
+def test_tfds_source_under_mock_data():
+  cfg = ml_collections.ConfigDict(dict(name='cifar10', source='auto',
+                                       data_dir='', download=False,
+                                       idx_dir='/nonexistent'))
+  with tfds.testing.mock_data(num_examples=40):
+    src = ip.load_arrays(cfg, 'train')
+  assert src.images.shape == (40, 32, 32, 3) and src.labels.shape == (40,)
+
+
+def _stream(source, **kw):
+  args = dict(global_batch=8, seed=0, image_size=28, view1=V1, view2=V2,
+              mean=(0.5,), std=(0.25,))
+  args.update(kw)
+  return ip.pretrain_dataset(source, **args).as_numpy_iterator()
+
+
+def _labelled_source(n=20):
+  rng = np.random.RandomState(0)
+  return ip.ArraySource(rng.randint(0, 256, (n, 28, 28, 1)).astype(np.uint8),
+                        np.arange(n, dtype=np.int32))  # label == index
+
+
+def test_pretrain_batches_shapes_and_normalisation():
+  batch = next(_stream(_labelled_source()))
+  assert batch['view1'].shape == batch['view2'].shape == (8, 28, 28, 1)
+  assert batch['view1'].dtype == np.float32 and batch['label'].dtype == np.int32
+  # [0, 1] images normalised with mean 0.5, std 0.25 lie in [-2, 2].
+  assert batch['view1'].min() >= -2 - 1e-5 and batch['view1'].max() <= 2 + 1e-5
+  assert not np.allclose(batch['view1'], batch['view2'])
+
+
+def test_each_epoch_is_a_permutation_and_epochs_differ():
+  it = _stream(_labelled_source(), global_batch=4)  # 20 examples: 5 steps.
+  epoch1 = np.concatenate([next(it)['label'] for _ in range(5)])
+  epoch2 = np.concatenate([next(it)['label'] for _ in range(5)])
+  assert sorted(epoch1) == list(range(20)) == sorted(epoch2)
+  assert epoch1.tolist() != epoch2.tolist()
+
+
+def test_resumed_stream_equals_uninterrupted_stream():
+  src = _labelled_source()
+  it = _stream(src)
+  batches = [next(it) for _ in range(5)]
+  resumed = next(_stream(src, start_step=3))
+  for k in batches[3]:
+    np.testing.assert_array_equal(batches[3][k], resumed[k])
+
+
+def test_processes_get_disjoint_complete_slices_of_each_global_batch():
+  src = _labelled_source()
+  whole = [next(_stream(src, global_batch=8))]
+  parts = [next(_stream(src, global_batch=8, process_index=i,
+                        process_count=4)) for i in range(4)]
+  assert all(len(p['label']) == 2 for p in parts)
+  for k in ('label', 'view1', 'view2'):
+    np.testing.assert_array_equal(
+        np.concatenate([p[k] for p in parts]), whole[0][k])
+
+
+def test_eval_batches_count_every_example_exactly_once():
+  src = _labelled_source(n=21)
+  batches = list(ip.eval_batches(src, global_batch=8, image_size=28,
+                                 mean=(0.0,), std=(1.0,)))
+  assert len(batches) == 3 and all(len(b['label']) == 8 for b in batches)
+  mask = np.concatenate([b['mask'] for b in batches])
+  labels = np.concatenate([b['label'] for b in batches])
+  assert mask.sum() == 21
+  assert labels[mask > 0].tolist() == list(range(21))
+  # Images are the raw pixels scaled to [0, 1] (mean 0, std 1).
+  np.testing.assert_allclose(batches[0]['image'][0],
+                             src.images[0] / 255.0, atol=1e-6)
+
+
+def test_eval_batches_split_across_processes():
+  src = _labelled_source(n=21)
+  per_proc = [list(ip.eval_batches(src, global_batch=8, image_size=28,
+                                   mean=(0.0,), std=(1.0,), process_index=i,
+                                   process_count=2)) for i in range(2)]
+  labels = []
+  for b0, b1 in zip(*per_proc):
+    labels += [*b0['label'][b0['mask'] > 0], *b1['label'][b1['mask'] > 0]]
+  assert labels == list(range(21))
+
+
+def test_batch_not_divisible_by_processes_is_refused():
+  with pytest.raises(ValueError, match='not divisible by the 3 processes'):
+    _stream(_labelled_source(), global_batch=8, process_count=3)

@@ -1,0 +1,78 @@
+"""The command line end to end, on tiny Fashion-MNIST-format idx files."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from test_input_pipeline import write_fake_fashion_mnist
+
+ROOT = os.path.join(os.path.dirname(__file__), '..')
+TINY = ['--config.model.width=0.0625', '--config.model.projector_hidden=(16,)',
+        '--config.model.predictor_hidden=(16,)',
+        '--config.model.projection_dim=8', '--config.batch_size=16',
+        '--config.eval.batch_size=16', '--config.log_every_steps=2',
+        '--config.optimizer.warmup_epochs=0', '--config.eval.knn_k=20',
+        '--config.eval.knn_k_small=5']
+
+
+def _cli(workdir, idx_dir, *extra):
+  cmd = [sys.executable, '-m', 'byol_jax.main',
+         '--config=configs/byol_fashion_mnist.py', f'--workdir={workdir}',
+         f'--config.dataset.idx_dir={idx_dir}', *TINY, *extra]
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                        env=env, timeout=600)
+
+
+@pytest.fixture(scope='module')
+def idx_dir(tmp_path_factory):
+  d = tmp_path_factory.mktemp('fmnist')
+  write_fake_fashion_mnist(d, n_train=64, n_test=21)
+  return d
+
+
+def test_cli_trains_writes_everything_and_resumes(tmp_path, idx_dir):
+  workdir = tmp_path / 'run'
+  r = _cli(workdir, idx_dir, '--config.num_train_steps=4')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert 'Weighted-kNN test accuracy' in r.stdout
+  assert 'raw pixels' in r.stdout and 'random init' in r.stdout
+  for name in ('metrics.jsonl', 'training_curves.png', 'tensorboard',
+               'checkpoints/4', 'results/knn_step4.json'):
+    assert (workdir / name).exists(), name
+  records = [json.loads(l) for l in open(workdir / 'metrics.jsonl')]
+  logged = [r for r in records if 'loss' in r]
+  assert [r['step'] for r in logged] == [2, 4]
+  for key in ('lr', 'tau', 'collapse/normalized_std',
+              'collapse/effective_rank', 'images_per_second'):
+    assert key in logged[0]
+  result = json.load(open(workdir / 'results/knn_step4.json'))
+  assert result['checkpoint_step'] == 4
+  assert 0.0 <= result['metrics']['eval/knn_top1_k20'] <= 1.0
+  assert 'ETA' in r.stderr
+
+  # Same command with more steps: resumes from step 4, keeps earlier results.
+  r = _cli(workdir, idx_dir, '--config.num_train_steps=6')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert 'Resumed from step 4' in r.stderr
+  assert (workdir / 'results/knn_step4.json').exists()
+  assert (workdir / 'results/knn_step6.json').exists()
+
+  # A different model in the same workdir is refused, checkpoint untouched.
+  before = sorted(os.listdir(workdir / 'checkpoints'))
+  r = _cli(workdir, idx_dir, '--config.num_train_steps=8',
+           '--config.model.width=0.125')
+  assert r.returncode != 0
+  assert 'written for a different model' in r.stderr
+  assert 'model.width: saved 0.0625, config 0.125' in r.stderr
+  assert sorted(os.listdir(workdir / 'checkpoints')) == before
+
+
+def test_cli_rejects_bad_config_before_compiling(tmp_path, idx_dir):
+  r = _cli(tmp_path / 'bad', idx_dir, '--config.batch_size=15',
+           '--config.num_train_steps=2')
+  assert r.returncode != 0
+  assert 'batch_size=15 is not divisible by the 2 devices' in r.stderr

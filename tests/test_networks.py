@@ -1,0 +1,114 @@
+"""Encoder and head shapes, parameter counts and structure."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from byol_jax import networks
+from conftest import tiny_model_config
+
+
+def _count(tree):
+  return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+
+
+def _init_shapes(module, shape, **kw):
+  return jax.eval_shape(functools.partial(module.init, train=False, **kw),
+                        jax.random.key(0), jnp.zeros(shape))
+
+
+@pytest.mark.parametrize('depth,params', [
+    # torchvision resnetXX parameter counts without the 1000-way classifier.
+    (18, 11_689_512 - 513_000), (50, 25_557_032 - 2_049_000),
+    (200, 64_673_832 - 2_049_000)])
+def test_resnet_parameter_counts_match_torchvision(depth, params):
+  v = _init_shapes(networks.ResNet(depth=depth), (1, 224, 224, 3))
+  assert _count(v['params']) == params
+
+
+@pytest.mark.parametrize('depth,width,stem,size,features', [
+    (18, 0.25, 'small', 28, 128), (34, 1.0, 'small', 32, 512),
+    (50, 1.0, 'imagenet', 64, 2048), (50, 2.0, 'imagenet', 64, 4096),
+    (101, 0.125, 'imagenet', 32, 256)])
+def test_resnet_output_shapes(depth, width, stem, size, features):
+  net = networks.ResNet(depth=depth, width=width, stem=stem)
+  assert net.num_features == features
+  out = jax.eval_shape(
+      lambda: net.init_with_output(jax.random.key(0),
+                                   jnp.zeros((2, size, size, 3)),
+                                   train=False)[0])
+  assert out.shape == (2, features)
+
+
+def test_stems_downsample_as_specified():
+  """ImageNet stem: /4 before stage 1 (7x7/2 conv + 3x3/2 pool); small: /1."""
+  def stage1_hw(stem):
+    net = networks.ResNet(depth=18, width=0.125, stem=stem)
+    _, state = net.apply(
+        net.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False),
+        jnp.zeros((1, 32, 32, 3)), train=False,
+        capture_intermediates=lambda m, _: m.name == 'stage1_block1',
+        mutable=['intermediates'])
+    return state['intermediates']['stage1_block1']['__call__'][0].shape[1:3]
+  assert stage1_hw('imagenet') == (8, 8)
+  assert stage1_hw('small') == (32, 32)
+
+
+def test_imagenet_stem_uses_same_padding():
+  v = _init_shapes(networks.ResNet(depth=50), (1, 224, 224, 3))
+  assert v['params']['stem_conv']['kernel'].shape == (7, 7, 3, 64)
+
+
+def test_byol_heads_match_the_paper():
+  cfg = ml_collections.ConfigDict(dict(
+      depth=18, width=0.125, stem='small', head='byol',
+      projector_hidden=(4096,), predictor_hidden=(4096,), projection_dim=256,
+      use_predictor=True))
+  v = _init_shapes(networks.build_network(cfg, 10), (2, 32, 32, 3))['params']
+  proj, pred = v['projector'], v['predictor']
+  assert proj['linear1']['kernel'].shape == (64, 4096)
+  assert proj['linear1']['bias'].shape == (4096,)       # Linear with bias
+  assert set(proj['bn1']) == {'scale', 'bias'}          # BN -> ReLU
+  assert proj['linear_out']['kernel'].shape == (4096, 256)
+  assert 'bn_out' not in proj                           # no BN on the output
+  assert pred['linear1']['kernel'].shape == (256, 4096)
+  assert pred['linear_out']['kernel'].shape == (4096, 256)
+  assert v['probe']['kernel'].shape == (64, 10)
+
+
+def test_simsiam_heads_match_the_paper():
+  cfg = ml_collections.ConfigDict(dict(
+      depth=50, width=1.0, stem='imagenet', head='simsiam',
+      projector_hidden=(2048, 2048), predictor_hidden=(512,),
+      projection_dim=2048, use_predictor=True))
+  v = _init_shapes(networks.build_network(cfg, 1000), (2, 64, 64, 3))
+  proj, pred = v['params']['projector'], v['params']['predictor']
+  for i in (1, 2):
+    assert set(proj[f'linear{i}']) == {'kernel'}        # no bias
+  assert set(proj['linear_out']) == {'kernel'}
+  assert 'bn_out' not in proj                           # BN without affine...
+  assert 'bn_out' in v['batch_stats']['projector']      # ...but with stats
+  assert proj['linear1']['kernel'].shape == (2048, 2048)
+  assert pred['linear1']['kernel'].shape == (2048, 512)
+  assert set(pred['linear1']) == {'kernel'}
+  assert pred['linear_out']['kernel'].shape == (512, 2048)
+  assert 'bias' in pred['linear_out']
+
+
+def test_target_call_skips_the_predictor_and_probe_sees_no_gradient():
+  net = networks.build_network(tiny_model_config(), num_classes=3)
+  x = jnp.ones((4, 8, 8, 1))
+  v = net.init(jax.random.key(0), x, train=False)
+  out = net.apply(v, x, train=False, predict=False)
+  assert 'prediction' not in out and out['projection'].shape == (4, 8)
+
+  def probe_only(params):
+    logits = net.apply({**v, 'params': params}, x, train=False)['logits']
+    return jnp.sum(logits ** 2)
+  grads = jax.grad(probe_only)(v['params'])
+  assert all(np.all(g == 0) for g in jax.tree.leaves(grads['encoder']))
+  assert np.abs(grads['probe']['kernel']).sum() > 0

@@ -1,0 +1,111 @@
+"""Schedules at known steps, the EMA direction, and the LARS masks."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from byol_jax import networks, optim
+from conftest import tiny_model_config
+
+
+def test_learning_rate_warmup_then_cosine():
+  peak = optim.scaled_learning_rate(0.2, 4096)  # BYOL: 0.2 x 4096 / 256.
+  assert peak == pytest.approx(3.2)
+  lr = optim.learning_rate_schedule(peak, total_steps=1000, warmup_steps=100)
+  assert lr(0) == pytest.approx(0.0)
+  assert lr(50) == pytest.approx(1.6)                 # linear from 0
+  assert lr(100) == pytest.approx(3.2)                # end of warm-up
+  assert lr(550) == pytest.approx(1.6, rel=1e-5)      # half-way down the cosine
+  assert lr(1000) == pytest.approx(0.0, abs=1e-7)     # last step
+
+
+def test_learning_rate_without_warmup_and_unscaled():
+  assert optim.scaled_learning_rate(0.05, 512, 'none') == 0.05
+  lr = optim.learning_rate_schedule(0.1, total_steps=10, warmup_steps=0)
+  assert lr(0) == pytest.approx(0.1)
+  assert lr(5) == pytest.approx(0.05)
+  assert lr(10) == pytest.approx(0.0, abs=1e-8)
+  with pytest.raises(ValueError, match='lr_scaling'):
+    optim.scaled_learning_rate(0.1, 256, 'sqrt')
+
+
+def test_tau_schedule_cosine_from_base_to_one():
+  tau = optim.tau_schedule(0.996, total_steps=1000)
+  assert tau(0) == pytest.approx(0.996)
+  assert tau(500) == pytest.approx(0.998)
+  assert tau(1000) == pytest.approx(1.0)
+  # tau_base 0 and 1 (Table 5a's extremes) are well defined.
+  assert optim.tau_schedule(1.0, 10)(3) == pytest.approx(1.0)
+  assert optim.tau_schedule(0.0, 10)(0) == pytest.approx(0.0)
+
+
+def test_ema_moves_target_toward_online_by_one_minus_tau():
+  online = {'w': jnp.array([1.0, 2.0])}
+  target = {'w': jnp.array([0.0, 0.0])}
+  tau = 0.9
+  new = optax.incremental_update(new_tensors=online, old_tensors=target,
+                                 step_size=1.0 - tau)
+  # xi <- tau xi + (1 - tau) theta: 10% of the way toward online.
+  chex.assert_trees_all_close(new['w'], jnp.array([0.1, 0.2]))
+
+
+def _params():
+  net = networks.build_network(tiny_model_config(), num_classes=3)
+  return jax.eval_shape(lambda: net.init(
+      jax.random.key(0), jnp.zeros((1, 8, 8, 1)), train=False))['params']
+
+
+def test_lars_masks_name_exactly_biases_and_batchnorm_parameters():
+  params = _params()
+  mask = optim.decay_mask(params)
+  flat = {jax.tree_util.keystr(p): v for p, v in
+          jax.tree_util.tree_leaves_with_path(mask)}
+  excluded = sorted(k for k, v in flat.items() if not v)
+  included = sorted(k for k, v in flat.items() if v)
+  assert all(k.endswith("['bias']") or k.endswith("['scale']")
+             for k in excluded)
+  assert all(k.endswith("['kernel']") for k in included)
+  # Every BatchNorm's scale/bias and every Dense bias is excluded.
+  bn = [k for k in flat if "_bn']" in k or "['bn" in k or "BatchNorm" in k]
+  assert bn and all(not flat[k] for k in bn)
+  assert "['probe']['bias']" in excluded
+  assert "['projector']['linear1']['kernel']" in included
+
+
+def test_lars_update_skips_decay_and_trust_ratio_on_masked_leaves():
+  params = {'dense': {'kernel': jnp.full((2, 2), 2.0), 'bias': jnp.ones(2)}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  cfg = ml_collections.ConfigDict(dict(name='lars', weight_decay=0.1,
+                                       trust_coefficient=1e-3, momentum=0.9))
+  opt = optim.build_optimizer(cfg, optax.constant_schedule(1.0), 1.0)
+  updates, _ = opt.update(grads, opt.init(params), params)
+  # Bias: plain SGD step -lr * g.
+  chex.assert_trees_all_close(updates['dense']['bias'], -jnp.ones(2))
+  # Kernel: g + wd * w = 1.2, trust ratio 1e-3 * |w| / |g + wd w| = 1e-3*2/1.2.
+  expected = -1.2 * (1e-3 * 4.0 / (1.2 * 2.0))
+  chex.assert_trees_all_close(updates['dense']['kernel'],
+                              jnp.full((2, 2), expected), rtol=1e-5)
+
+
+def test_simsiam_predictor_keeps_a_fixed_learning_rate():
+  cfg = ml_collections.ConfigDict(dict(
+      name='sgd', weight_decay=0.0, momentum=0.0, fixed_predictor_lr=True))
+  schedule = optim.learning_rate_schedule(0.5, total_steps=10, warmup_steps=0)
+  opt = optim.build_optimizer(cfg, schedule, peak_lr=0.5)
+  params = {'predictor': {'w': jnp.ones(1)}, 'encoder': {'w': jnp.ones(1)}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  state = opt.init(params)
+  for _ in range(6):  # Step 5 of 10: the cosine is at half its peak.
+    updates, state = opt.update(grads, state, params)
+  np.testing.assert_allclose(updates['predictor']['w'], [-0.5], rtol=1e-6)
+  np.testing.assert_allclose(updates['encoder']['w'], [-0.25], rtol=1e-5)
+
+
+def test_unknown_optimizer_is_refused():
+  with pytest.raises(ValueError, match="'lars', 'sgd' or 'adamw'"):
+    optim.build_optimizer(ml_collections.ConfigDict(dict(name='adam')),
+                          optax.constant_schedule(1.0), 1.0)

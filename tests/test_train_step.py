@@ -1,0 +1,136 @@
+"""The mapped train step: 8 devices == 1 device, traced once, EMA, SimSiam."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from byol_jax import networks, optim, train_step as ts
+from conftest import tiny_model_config
+
+GLOBAL_BATCH = 16
+IMAGE_SHAPE = (8, 8, 1)
+
+
+def _setup(method='byol', beta=0.0):
+  if method == 'byol':
+    model = tiny_model_config('byol')
+    opt_cfg = dict(name='lars', weight_decay=1e-4, trust_coefficient=1e-3,
+                   momentum=0.9)
+    loss = dict(name='byol', alpha=0.1, beta=beta, stop_gradient=True)
+    use_target = True
+  else:
+    model = tiny_model_config('simsiam')
+    opt_cfg = dict(name='sgd', weight_decay=1e-4, momentum=0.9,
+                   fixed_predictor_lr=True)
+    loss = dict(name='simsiam', alpha=0.1, beta=0.0, stop_gradient=True)
+    use_target = False
+  network = networks.build_network(model, num_classes=3,
+                                   bn_axis_name=ts.AXIS)
+  lr = optim.learning_rate_schedule(0.5, total_steps=10, warmup_steps=2)
+  optimizer = optim.build_optimizer(ml_collections.ConfigDict(opt_cfg), lr,
+                                    0.5)
+  state = ts.init_state(jax.random.key(0), network, optimizer, IMAGE_SHAPE,
+                        use_target=use_target)
+  kwargs = dict(network=network, optimizer=optimizer, lr_schedule=lr,
+                tau_schedule=optim.tau_schedule(0.9, 10),
+                loss_config=ml_collections.ConfigDict(loss))
+  return state, kwargs
+
+
+def _batches(n):
+  rng = np.random.RandomState(0)
+  return [dict(view1=rng.randn(GLOBAL_BATCH, *IMAGE_SHAPE).astype(np.float32),
+               view2=rng.randn(GLOBAL_BATCH, *IMAGE_SHAPE).astype(np.float32),
+               label=rng.randint(0, 3, GLOBAL_BATCH).astype(np.int32))
+          for _ in range(n)]
+
+
+def _run(devices, state, kwargs, batches, monkeypatch=None):
+  mesh = ts.make_mesh(devices)
+  step = ts.make_train_step(mesh, **kwargs)
+  state = ts.replicate(state, mesh)
+  rng = ts.replicate(jax.random.key(1), mesh)
+  metrics = []
+  for b in batches:
+    state, m = step(state, ts.shard_batch(b, mesh), rng)
+    metrics.append(m)
+  return jax.device_get(state), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize('method,beta', [('byol', 0.0), ('byol', 1.0),
+                                         ('simsiam', 0.0)])
+def test_eight_devices_equal_one_device(devices, monkeypatch, method, beta):
+  """Cross-replica BN + pmean'd grads: the sharded step is the global step."""
+  state, kwargs = _setup(method, beta)
+  # The step function is traced once per mesh, however many steps run.
+  traced = chex.assert_max_traces(ts.train_step, n=2)
+  monkeypatch.setattr(ts, 'train_step', traced)
+  batches = _batches(3)
+  one_state, one_metrics = _run(devices[:1], state, kwargs, batches)
+  eight_state, eight_metrics = _run(devices, state, kwargs, batches)
+  chex.clear_trace_counter()
+  for name in ('online_params', 'online_batch_stats', 'target_params',
+               'target_batch_stats', 'opt_state', 'step'):
+    chex.assert_trees_all_close(getattr(eight_state, name),
+                                getattr(one_state, name), rtol=2e-4,
+                                atol=2e-5)
+  for m1, m8 in zip(one_metrics, eight_metrics):
+    np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
+    np.testing.assert_allclose(m8['collapse/normalized_std'],
+                               m1['collapse/normalized_std'], rtol=1e-5)
+  assert int(eight_state.step) == 3
+  # Something was learned: the parameters moved.
+  moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), state.online_params,
+                       eight_state.online_params)
+  assert max(jax.tree.leaves(moved)) > 0
+
+
+def test_target_is_ema_of_updated_online_params(devices):
+  state, kwargs = _setup('byol')
+  new_state, _ = _run(devices[:1], state, kwargs, _batches(1))
+  tau = float(kwargs['tau_schedule'](0))
+  expected = jax.tree.map(lambda t, o: tau * t + (1 - tau) * o,
+                          state.target_params, new_state.online_params)
+  chex.assert_trees_all_close(new_state.target_params, expected, rtol=1e-5,
+                              atol=1e-7)
+  # The target's BatchNorm statistics are its own (updated by its forward).
+  assert not np.allclose(
+      new_state.target_batch_stats['encoder']['stem_bn']['mean'],
+      new_state.online_batch_stats['encoder']['stem_bn']['mean'])
+
+
+def test_target_init_independent_or_copy():
+  state, _ = _setup('byol')
+  leaf = lambda p: p['encoder']['stem_conv']['kernel']  # noqa: E731
+  assert not np.allclose(leaf(state.online_params), leaf(state.target_params))
+  network = networks.build_network(tiny_model_config(), 3)
+  opt = optim.build_optimizer(
+      ml_collections.ConfigDict(dict(name='lars', weight_decay=0.0,
+                                     trust_coefficient=1e-3, momentum=0.9)),
+      optim.learning_rate_schedule(0.1, 10, 0), 0.1)
+  copied = ts.init_state(jax.random.key(0), network, opt, IMAGE_SHAPE, True,
+                         target_init='copy')
+  np.testing.assert_array_equal(leaf(copied.online_params),
+                                leaf(copied.target_params))
+
+
+def test_simsiam_has_no_target_network():
+  state, kwargs = _setup('simsiam')
+  assert state.target_params is None and state.target_batch_stats is None
+  new_state, metrics = _run(jax.devices()[:1], state, kwargs, _batches(2))
+  assert new_state.target_params is None
+  # Negative cosine lies in [-1, 1].
+  assert -1.0 <= float(metrics[-1]['loss']) <= 1.0
+
+
+def test_metrics_report_schedules_and_collapse():
+  state, kwargs = _setup('byol')
+  _, metrics = _run(jax.devices()[:1], state, kwargs, _batches(3))
+  assert [float(m['lr']) for m in metrics] == pytest.approx([0.0, 0.25, 0.5])
+  assert float(metrics[0]['tau']) == pytest.approx(0.9)
+  assert float(metrics[0]['collapse/healthy_std']) == pytest.approx(
+      1 / np.sqrt(8))
+  assert 1.0 <= float(metrics[0]['collapse/effective_rank']) <= 8.0
