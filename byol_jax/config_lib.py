@@ -17,7 +17,10 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.dataset = ml_collections.ConfigDict(dict(
+      # in_memory: load the split into RAM (MNIST / CIFAR / STL scale) for
+      # random access; False streams it from the TFDS files (ImageNet).
       name='imagenet2012', source='auto', data_dir='', download=False,
+      in_memory=False,
       idx_dir='/usr/share/datasets/fashion-mnist', train_split='train',
       eval_split='validation', image_size=224, num_channels=3,
       num_classes=1000, mean=(0.485, 0.456, 0.406),

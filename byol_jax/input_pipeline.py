@@ -104,30 +104,110 @@ def uses_idx(dataset_config) -> bool:
   return source == 'idx'
 
 
-def load_arrays(dataset_config, split: str) -> ArraySource:
-  """Loads a whole split into memory (small datasets: MNIST/CIFAR/STL scale)."""
+@dataclasses.dataclass(frozen=True)
+class StreamSource:
+  """A TFDS split read lazily from its files (ImageNet scale)."""
+  builder: Any
+  split: str
+  num_examples: int
+
+  def __len__(self):
+    return self.num_examples
+
+  def take(self, n: int) -> 'StreamSource':
+    """The first n examples (e.g. a kNN bank drawn from the train split)."""
+    return StreamSource(self.builder, f'{self.split}[:{n}]', n)
+
+  def examples(self, *, shuffle_seed: Optional[int] = None,
+               process_index: int = 0, process_count: int = 1
+               ) -> tf.data.Dataset:
+    """{'image': uint8 HWC, 'label': int32} of this process's shard; files
+    in fixed order unless `shuffle_seed` is given."""
+    shuffle = shuffle_seed is not None
+    shard = tfds.even_splits(self.split, process_count,
+                             drop_remainder=shuffle)[process_index]
+    ds = self.builder.as_dataset(
+        split=shard, shuffle_files=shuffle,
+        read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed),
+        decoders={'image': tfds.decode.SkipDecoding()})
+    return ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def shard_size(self, process_index: int, process_count: int) -> int:
+    return _split_size(self.builder,
+                       tfds.even_splits(self.split, process_count)[
+                           process_index])
+
+  def _decode(self, example):
+    feature = self.builder.info.features['image']
+    image = example['image']
+    if image.dtype == tf.string:
+      image = feature.decode_example(image)
+    if image.shape.rank == 2:
+      image = image[..., None]
+    return {'image': image, 'label': tf.cast(example['label'], tf.int32)}
+
+
+def _split_size(builder, split: str) -> int:
+  """Examples in a (sub)split, from the dataset's metadata or, where that
+  lacks them (e.g. under tfds.testing.mock_data), by counting records."""
+  try:
+    return builder.info.splits[split].num_examples
+  except KeyError:
+    ds = builder.as_dataset(split=split,
+                            decoders={'image': tfds.decode.SkipDecoding()})
+    return int(ds.reduce(0, lambda n, _: n + 1))
+
+
+def load_source(dataset_config, split: str):
+  """The split as an `ArraySource` (in memory) or a `StreamSource` (read
+  lazily; `dataset.in_memory=False`, for ImageNet-scale data)."""
   if uses_idx(dataset_config):
     return load_fashion_mnist_idx(dataset_config.idx_dir, split)
+  name = dataset_config.name
   try:
-    data = tfds.as_numpy(tfds.load(
-        dataset_config.name, split=split, batch_size=-1,
-        data_dir=dataset_config.get('data_dir') or None,
-        download=dataset_config.get('download', False)))
+    builder = tfds.builder(name, data_dir=dataset_config.get('data_dir')
+                           or None)
+    if dataset_config.get('download', False):
+      builder.download_and_prepare()
+    if not dataset_config.get('in_memory', True):
+      return StreamSource(builder, split, _split_size(builder, split))
+    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
   except (tfds.core.registered.DatasetNotFoundError, AssertionError,
-          FileNotFoundError) as e:
+          FileNotFoundError, KeyError, ValueError) as e:
     extra = ''
-    if dataset_config.name == 'fashion_mnist':
+    if name == 'fashion_mnist':
       extra = ' ' + _missing_fashion_mnist_message(dataset_config.idx_dir)
     raise DatasetNotFoundError(
-        f'TFDS dataset {dataset_config.name!r} split {split!r} is not '
-        f'available in data_dir={dataset_config.get("data_dir")!r}: {e}. '
-        'Prepare it on a machine with network (tfds build '
-        f'{dataset_config.name}) or set --config.dataset.download=True.'
-        + extra) from e
+        f'TFDS dataset {name!r} split {split!r} is not available in '
+        f'data_dir={dataset_config.get("data_dir") or "~/tensorflow_datasets"}'
+        f' ({type(e).__name__}: {e}). Prepare it on a machine with network '
+        f'(`tfds build {name}`) and point --config.dataset.data_dir at it, '
+        'or set --config.dataset.download=True.' + extra) from e
   images = data['image']
   if images.ndim == 3:
     images = images[..., None]
   return ArraySource(images.astype(np.uint8), data['label'].astype(np.int32))
+
+
+def take(source, n: int):
+  """The first n examples of a source."""
+  if isinstance(source, StreamSource):
+    return source.take(n)
+  return ArraySource(source.images[:n], source.labels[:n])
+
+
+def num_channels(source) -> int:
+  if isinstance(source, StreamSource):
+    return source.builder.info.features['image'].shape[-1]
+  return source.images.shape[-1]
+
+
+def first_images(source, n: int) -> np.ndarray:
+  """The first n images as uint8 arrays (for looking at them)."""
+  if isinstance(source, StreamSource):
+    return np.stack([ex['image'] for ex in tfds.as_numpy(
+        source.examples().take(n))])
+  return source.images[:n]
 
 
 def _process_slice(global_batch: int, process_index: int, process_count: int):
@@ -138,10 +218,11 @@ def _process_slice(global_batch: int, process_index: int, process_count: int):
   return local, process_index * local
 
 
-def pretrain_dataset(source: ArraySource, *, global_batch: int, seed: int,
+def pretrain_dataset(source, *, global_batch: int, seed: int,
                      image_size: int, view1, view2, mean, std,
                      start_step: int = 0, process_index: int = 0,
-                     process_count: int = 1) -> tf.data.Dataset:
+                     process_count: int = 1,
+                     shuffle_buffer: int = 50_000) -> tf.data.Dataset:
   """Endless stream of this process's slice of each global batch.
 
   Yields {'view1', 'view2': (local_batch, S, S, C) float32 normalised,
@@ -150,30 +231,54 @@ def pretrain_dataset(source: ArraySource, *, global_batch: int, seed: int,
   """
   local_batch, offset = _process_slice(global_batch, process_index,
                                        process_count)
-  n = len(source)
-  images = tf.constant(source.images)
-  labels = tf.constant(source.labels)
   view1, view2 = dict(view1), dict(view2)
+  seed64 = tf.constant(seed, tf.int64)
 
-  def example(g):
-    epoch = g // n
-    index = tf.random.experimental.index_shuffle(
-        g % n, tf.stack([tf.constant(seed, tf.int64), epoch]), n - 1)
-    v1, v2 = augment.two_views(
-        tf.gather(images, index), tf.stack([tf.constant(seed, tf.int64), g]),
-        view1, view2, image_size)
+  def views(image, label, g):
+    v1, v2 = augment.two_views(image, tf.stack([seed64, g]), view1, view2,
+                               image_size)
     return {'view1': augment.normalize(v1, mean, std),
-            'view2': augment.normalize(v2, mean, std),
-            'label': tf.gather(labels, index)}
+            'view2': augment.normalize(v2, mean, std), 'label': label}
 
-  positions = tf.data.Dataset.range(start_step, 2**62).flat_map(
-      lambda step: tf.data.Dataset.range(step * global_batch + offset,
-                                         step * global_batch + offset
-                                         + local_batch))
-  ds = positions.map(example, num_parallel_calls=tf.data.AUTOTUNE,
-                     deterministic=True)
+  if isinstance(source, StreamSource):
+    ds = _stream_examples(source, seed, shuffle_buffer, start_step,
+                          global_batch, local_batch, offset, process_index,
+                          process_count)
+    ds = ds.map(lambda g, ex: views(ex['image'], ex['label'], g),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  else:
+    n = len(source)
+    images = tf.constant(source.images)
+    labels = tf.constant(source.labels)
+
+    def example(g):
+      index = tf.random.experimental.index_shuffle(
+          g % n, tf.stack([seed64, g // n]), n - 1)
+      return views(tf.gather(images, index), tf.gather(labels, index), g)
+
+    positions = tf.data.Dataset.range(start_step, 2**62).flat_map(
+        lambda step: tf.data.Dataset.range(step * global_batch + offset,
+                                           step * global_batch + offset
+                                           + local_batch))
+    ds = positions.map(example, num_parallel_calls=tf.data.AUTOTUNE,
+                       deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _stream_examples(source, seed, shuffle_buffer, start_step, global_batch,
+                     local_batch, offset, process_index, process_count):
+  """(global position g, example) pairs of a file-backed split: files and
+  examples shuffled with fixed seeds, so the order is a function of the seed;
+  resuming skips the consumed records (read, not decoded)."""
+  ds = source.examples(shuffle_seed=seed, process_index=process_index,
+                       process_count=process_count)
+  ds = ds.repeat().shuffle(shuffle_buffer, seed=seed,
+                           reshuffle_each_iteration=True)
+  ds = ds.enumerate().skip(start_step * local_batch)
+  def position(j, example):
+    return (j // local_batch) * global_batch + offset + j % local_batch, example
+  return ds.map(position)
 
 
 def eval_batches(source: ArraySource, *, global_batch: int, image_size: int,
@@ -186,13 +291,16 @@ def eval_batches(source: ArraySource, *, global_batch: int, image_size: int,
   """
   local_batch, offset = _process_slice(global_batch, process_index,
                                        process_count)
+  if isinstance(source, StreamSource):
+    return _stream_eval_batches(source, local_batch, image_size, mean, std,
+                                crop_fraction, process_index, process_count)
   n = len(source)
   num_batches = -(-n // global_batch)
   padded = num_batches * global_batch
   index = np.arange(padded)
   mask = (index < n).astype(np.float32)
-  images, labels = tf.constant(source.images), tf.constant(source.labels)
   index = np.minimum(index, n - 1)
+  images, labels = tf.constant(source.images), tf.constant(source.labels)
 
   def prep(i, m):  # A whole batch at once: in-memory images share a size.
     image = augment.eval_preprocess(tf.gather(images, i), image_size,
@@ -210,9 +318,24 @@ def eval_batches(source: ArraySource, *, global_batch: int, image_size: int,
   return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
-def dataset_info(dataset_config) -> dict[str, Any]:
-  """Image shape and class count, from config (checked against the data)."""
-  return dict(image_shape=(dataset_config.image_size,
-                           dataset_config.image_size,
-                           dataset_config.num_channels),
-              num_classes=dataset_config.num_classes)
+def _stream_eval_batches(source, local_batch, image_size, mean, std,
+                         crop_fraction, process_index, process_count):
+  """Each process reads its contiguous shard in order; every process yields
+  the same number of batches, padding (mask 0) after its last example."""
+  sizes = [source.shard_size(i, process_count) for i in range(process_count)]
+  num_batches = -(-max(sizes) // local_batch)
+  pad = num_batches * local_batch - sizes[process_index]
+
+  def prep(example):
+    image = augment.eval_preprocess(example['image'], image_size,
+                                    crop_fraction)
+    image = tf.ensure_shape(image, [image_size, image_size, None])
+    return {'image': augment.normalize(image, mean, std),
+            'label': example['label'], 'mask': tf.constant(1.0)}
+
+  ds = source.examples(process_index=process_index,
+                       process_count=process_count)
+  ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  filler = ds.take(1).map(lambda ex: {**ex, 'mask': tf.constant(0.0)})
+  ds = ds.concatenate(filler.repeat(pad))
+  return ds.batch(local_batch).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()

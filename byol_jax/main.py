@@ -17,9 +17,18 @@ _WORKDIR = flags.DEFINE_string(
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
+class _QuietLibraries:
+  """Drops INFO chatter of orbax and XLA's backend probing from the log."""
+
+  def filter(self, record):
+    noisy = '/orbax/' in record.pathname or 'xla_bridge' in record.pathname
+    return record.levelno >= 30 or not noisy
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   logging.info('Config:\n%s', _CONFIG.value)
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   print(train.summary_table(result))

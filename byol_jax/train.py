@@ -14,10 +14,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-import tensorflow as tf
 from absl import logging
 
-from byol_jax import (augment, checkpointing, config_lib, diagnostics, evaluate,
+from byol_jax import (checkpointing, config_lib, diagnostics, evaluate,
                       input_pipeline, metric_writer, networks, optim,
                       train_step)
 
@@ -77,8 +76,7 @@ class KnnEvaluator:
     bank = train_source
     n = self.eval_cfg.knn_train_examples
     if 0 < n < len(train_source):
-      bank = input_pipeline.ArraySource(train_source.images[:n],
-                                        train_source.labels[:n])
+      bank = input_pipeline.take(train_source, n)
     self.sources = {'train': bank, 'eval': eval_source}
 
   def _batches(self, split):
@@ -116,10 +114,13 @@ class KnnEvaluator:
     d = self.config.dataset
     flat = []
     for split in ('train', 'eval'):
-      images = augment.eval_preprocess(
-          tf.constant(self.sources[split].images), d.image_size,
-          d.eval_crop_fraction).numpy()
-      flat += [images.reshape(len(images), -1), self.sources[split].labels]
+      pixels, labels = [], []
+      for b in self._batches(split):
+        keep = b['mask'] > 0
+        x = b['image'][keep] * np.asarray(d.std) + np.asarray(d.mean)
+        pixels.append(x.reshape(len(x), -1))
+        labels.append(b['label'][keep])
+      flat += [np.concatenate(pixels), np.concatenate(labels)]
     return self._accuracies(*flat, 'raw_pixels/')
 
 
@@ -129,12 +130,13 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   start_time = time.time()
   config_lib.validate(config, jax.device_count(), jax.process_count())
   d = config.dataset
-  train_source = input_pipeline.load_arrays(d, d.train_split)
-  eval_source = input_pipeline.load_arrays(d, d.eval_split)
-  if train_source.images.shape[-1] != d.num_channels:
+  train_source = input_pipeline.load_source(d, d.train_split)
+  eval_source = input_pipeline.load_source(d, d.eval_split)
+  channels = input_pipeline.num_channels(train_source)
+  if channels != d.num_channels:
     raise config_lib.ConfigError(
         f'dataset.num_channels={d.num_channels} but {d.name} images have '
-        f'{train_source.images.shape[-1]} channels.')
+        f'{channels} channels; set --config.dataset.num_channels={channels}.')
   config_lib.validate_schedule(config, len(train_source))
 
   num_steps = config_lib.total_steps(config, len(train_source))

@@ -20,7 +20,7 @@ def get_config(arg=None):
   del arg
   c = config_lib.base_config()
   c.dataset.update(dict(
-      name='fashion_mnist', train_split='train', eval_split='test',
+      name='fashion_mnist', in_memory=True, train_split='train', eval_split='test',
       image_size=28, num_channels=1, num_classes=10, mean=(0.2860,),
       std=(0.3530,), eval_crop_fraction=1.0))
   config_lib.use_preset_augment(c, 'byol_small')

@@ -49,7 +49,7 @@ def test_fashion_mnist_idx_source(tmp_path):
   write_fake_fashion_mnist(tmp_path)
   cfg = fmnist_config(tmp_path)
   assert ip.uses_idx(cfg)
-  train, test = ip.load_arrays(cfg, 'train'), ip.load_arrays(cfg, 'test')
+  train, test = ip.load_source(cfg, 'train'), ip.load_source(cfg, 'test')
   assert train.images.shape == (64, 28, 28, 1) and train.images.dtype == np.uint8
   assert len(test) == 21 and test.labels[:3].tolist() == [0, 1, 2]
 
@@ -65,7 +65,7 @@ def test_missing_tfds_dataset_is_a_clear_error(tmp_path):
   cfg = fmnist_config(tmp_path / 'nowhere', source='tfds')
   cfg.data_dir = str(tmp_path / 'empty_tfds')
   with pytest.raises(ip.DatasetNotFoundError, match='apt-get install'):
-    ip.load_arrays(cfg, 'train')
+    ip.load_source(cfg, 'train')
 
 
 def test_tfds_source_under_mock_data():
@@ -73,7 +73,7 @@ def test_tfds_source_under_mock_data():
                                        data_dir='', download=False,
                                        idx_dir='/nonexistent'))
   with tfds.testing.mock_data(num_examples=40):
-    src = ip.load_arrays(cfg, 'train')
+    src = ip.load_source(cfg, 'train')
   assert src.images.shape == (40, 32, 32, 3) and src.labels.shape == (40,)
 
 
@@ -155,3 +155,28 @@ def test_eval_batches_split_across_processes():
 def test_batch_not_divisible_by_processes_is_refused():
   with pytest.raises(ValueError, match='not divisible by the 3 processes'):
     _stream(_labelled_source(), global_batch=8, process_count=3)
+
+
+def test_streamed_tfds_split_under_mock_data():
+  """ImageNet-style lazy reading: every eval example once, exact resume."""
+  cfg = ml_collections.ConfigDict(dict(
+      name='cifar10', source='auto', data_dir='', download=False,
+      idx_dir='/nonexistent', in_memory=False))
+  common = dict(global_batch=8, seed=0, image_size=32, view1=V1, view2=V2,
+                mean=(0.5,) * 3, std=(0.25,) * 3, shuffle_buffer=64)
+  with tfds.testing.mock_data(num_examples=21):
+    src = ip.load_source(cfg, 'test')
+    assert isinstance(src, ip.StreamSource) and len(src) == 21
+    assert ip.num_channels(src) == 3
+    batches = list(ip.eval_batches(src, global_batch=8, image_size=32,
+                                   mean=(0.0,) * 3, std=(1.0,) * 3))
+    assert len(batches) == 3
+    assert sum(b['mask'].sum() for b in batches) == 21
+    assert batches[-1]['mask'].tolist() == [1.0] * 5 + [0.0] * 3
+    it = ip.pretrain_dataset(src, **common).as_numpy_iterator()
+    stream = [next(it) for _ in range(4)]
+    resumed = next(ip.pretrain_dataset(src, start_step=3,
+                                       **common).as_numpy_iterator())
+  assert stream[0]['view1'].shape == (8, 32, 32, 3)
+  for k in resumed:
+    np.testing.assert_array_equal(stream[3][k], resumed[k])

@@ -11,6 +11,8 @@ draws them (same ops, same config, stateless seeds). Look at this before
 spending a TPU-day.
 """
 
+import os
+
 from absl import app, flags
 from ml_collections import config_flags
 import numpy as np
@@ -75,11 +77,11 @@ def main(argv):
                                channels=config.dataset.num_channels,
                                expand_animations=False).numpy()
     images = np.stack([image] * _NUM.value)
-    source = _IMAGE.value
+    source = os.path.basename(_IMAGE.value)
   else:
-    data = input_pipeline.load_arrays(config.dataset,
+    data = input_pipeline.load_source(config.dataset,
                                       config.dataset.train_split)
-    images = data.images[:_NUM.value]
+    images = input_pipeline.first_images(data, _NUM.value)
     source = f'{config.dataset.name}/{config.dataset.train_split}'
   grid = make_grid(images, config, seed=config.seed)
   save_grid(grid, _OUT.value,
