@@ -171,7 +171,9 @@ def load_source(dataset_config, split: str):
       builder.download_and_prepare()
     if not dataset_config.get('in_memory', True):
       return StreamSource(builder, split, _split_size(builder, split))
-    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    chunks = list(tfds.as_numpy(builder.as_dataset(split=split).batch(8192)))
+    data = {k: np.concatenate([c[k] for c in chunks])
+            for k in ('image', 'label')}
   except (tfds.core.registered.DatasetNotFoundError, AssertionError,
           FileNotFoundError, KeyError, ValueError) as e:
     extra = ''

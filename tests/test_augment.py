@@ -14,7 +14,8 @@ SEED = tf.constant([3, 7], tf.int64)
 # Only the op under test is active; the crop keeps the whole image.
 OFF = dict(augment.PRESETS['byol_imagenet'][0], crop_area=(1.0, 1.0),
            crop_aspect=(1.0, 1.0), flip_prob=0.0, jitter_prob=0.0,
-           grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
+           grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0,
+           blur_sigma=(1.0, 2.0))  # A blur that always shows.
 
 OPS = {
     'crop': lambda x, s: augment.random_resized_crop(x, s, 12),
@@ -61,13 +62,13 @@ CHANGED = lambda x, y: not np.allclose(x, y, atol=1e-4)  # noqa: E731
     ('jitter_prob', 0.8, CHANGED),
     ('grayscale_prob', 0.2,
      lambda x, y: np.allclose(y[..., 0], y[..., 1], atol=1e-6)),
-    ('solarize_prob', 0.2, lambda x, y: np.any(y > 0.9)),
+    ('solarize_prob', 0.2, lambda x, y: np.any(y < 0.1)),
     ('blur_prob', 0.1, CHANGED),
 ])
 def test_each_op_fires_with_its_probability(field, p, fired):
   image = COLOR
-  if field == 'solarize_prob':  # values in [0, 0.1): solarized -> above 0.9
-    image = tf.constant(RNG.uniform(0.0, 0.1, (16, 16, 3)), tf.float32)
+  if field == 'solarize_prob':  # values in (0.9, 1]: solarized -> below 0.1
+    image = tf.constant(RNG.uniform(0.91, 1.0, (16, 16, 3)), tf.float32)
   _assert_rate(_fire_rate(dict(OFF, **{field: p}), fired, image), p)
 
 
@@ -77,12 +78,12 @@ def test_byol_views_are_asymmetric(preset):
   keep = ('blur_prob', 'solarize_prob')
   v1 = dict(OFF, **{k: view1[k] for k in keep})
   v2 = dict(OFF, **{k: view2[k] for k in keep})
-  dark = tf.constant(RNG.uniform(0.0, 0.1, (24, 24, 3)), tf.float32)
-  solarized = lambda x, y: np.any(y > 0.9)  # noqa: E731
+  bright = tf.constant(RNG.uniform(0.91, 1.0, (24, 24, 3)), tf.float32)
+  solarized = lambda x, y: np.any(y < 0.1)  # noqa: E731
   assert _fire_rate(v1, CHANGED, COLOR, 100) == 1.0       # view 1 always blurs
   _assert_rate(_fire_rate(v2, CHANGED, COLOR), 0.1 + 0.9 * 0.2)  # blur|sol.
-  assert _fire_rate(v1, solarized, dark, 100) == 0.0      # never solarizes
-  _assert_rate(_fire_rate(v2, solarized, dark), 0.2)
+  assert _fire_rate(v1, solarized, bright, 100) == 0.0    # never solarizes
+  _assert_rate(_fire_rate(v2, solarized, bright), 0.2)
 
 
 def test_preset_parameters_match_the_paper():
