@@ -158,8 +158,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   state = train_step.init_state(
       jax.random.key(config.seed), network, optimizer, image_shape,
       use_target=config.target.use, target_init=config.target.init)
-  init_variables = {'params': state.online_params,
-                    'batch_stats': state.online_batch_stats}
+  # A host copy: the train step donates (deletes) the state's buffers.
+  init_variables = jax.device_get(_online_variables(state))
   state = train_step.replicate(state, mesh)
   if manager.latest_step() is not None:
     checkpointing.check_compatible(checkpointing.load_config(manager), config,
@@ -205,13 +205,18 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         jax.block_until_ready(metrics)
         timed_from = (time.time(), step)
       last = step == num_steps
-      if step % config.log_every_steps == 0 or last or stop.signal:
+      save_now = bool(config.checkpoint_every_steps) and (
+          step % config.checkpoint_every_steps == 0) and not last
+      # Checkpoint steps are logging steps too: the NaN check below runs
+      # before any state is written.
+      if (step % config.log_every_steps == 0 or last or save_now
+          or stop.signal):
         summary = _mean_metrics(pending)
         pending = []
         if not np.isfinite(summary['loss']):
           raise NonFiniteLossError(
-              f'Loss is {summary["loss"]} at step {step} (averaged over the '
-              f'last {config.log_every_steps} steps); stopping. The last good '
+              f'Loss is {summary["loss"]} at step {step} (mean since the '
+              'previous log line); stopping. The last good '
               f'checkpoint (step {manager.latest_step()}) is untouched.')
         now = time.time()
         rate = (step - timed_from[1]) / max(now - timed_from[0], 1e-9)
@@ -233,8 +238,7 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
               'collapsing to a constant.', summary['collapse/normalized_std'],
               100 * diagnostics.COLLAPSE_STD_FRACTION,
               summary['collapse/healthy_std'])
-      if config.checkpoint_every_steps and (
-          step % config.checkpoint_every_steps == 0) and not last:
+      if save_now:
         checkpointing.save(manager, state, config)
       if knn_every and step % knn_every == 0 and not last:
         accs = evaluator(_online_variables(state))
@@ -246,7 +250,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
         logging.warning('Stopped by signal %d at step %d; checkpoint saved. '
                         'Run the same command to resume.', stop.signal, step)
         raise SystemExit(128 + stop.signal)
-  checkpointing.save(manager, state, config)
+  if manager.latest_step() != step:  # Not when resuming a finished run.
+    checkpointing.save(manager, state, config)
   manager.wait_until_finished()
 
   final = evaluator(_online_variables(state))

@@ -61,6 +61,11 @@ def test_cli_trains_writes_everything_and_resumes(tmp_path, idx_dir):
   assert (workdir / 'results/knn_step4.json').exists()
   assert (workdir / 'results/knn_step6.json').exists()
 
+  # Re-running a finished run evaluates again; the first result is kept.
+  r = _cli(workdir, idx_dir, '--config.num_train_steps=6')
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert (workdir / 'results/knn_step6.2.json').exists()
+
   # A different model in the same workdir is refused, checkpoint untouched.
   before = sorted(os.listdir(workdir / 'checkpoints'))
   r = _cli(workdir, idx_dir, '--config.num_train_steps=8',
