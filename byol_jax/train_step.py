@@ -139,7 +139,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
 
   grads, aux = jax.grad(loss_fn, has_aux=True)(state.online_params)
   if axis_name is not None:
-    grads = jax.lax.pmean(grads, axis_name)
+    # pmean of the per-device gradients. Under shard_map's varying-axes
+    # typing (check_vma), autodiff already psums the gradient of the
+    # replicated params over the axis (the transpose of their implicit
+    # broadcast), so what remains of the pmean is the division.
+    grads = jax.tree.map(lambda g: g / jax.lax.axis_size(axis_name), grads)
   updates, opt_state = optimizer.update(grads, state.opt_state,
                                         state.online_params)
   online_params = optax.apply_updates(state.online_params, updates)

@@ -77,9 +77,11 @@ def test_eight_devices_equal_one_device(devices, monkeypatch, method, beta):
   chex.clear_trace_counter()
   for name in ('online_params', 'online_batch_stats', 'target_params',
                'target_batch_stats', 'opt_state', 'step'):
+    # Float32 reductions run in another order on 8 devices; after 3 steps
+    # that is ~1e-4. A wrong gradient scale or per-device BN differs by O(1).
     chex.assert_trees_all_close(getattr(eight_state, name),
-                                getattr(one_state, name), rtol=2e-4,
-                                atol=2e-5)
+                                getattr(one_state, name), rtol=1e-3,
+                                atol=1e-4)
   for m1, m8 in zip(one_metrics, eight_metrics):
     np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
     np.testing.assert_allclose(m8['collapse/normalized_std'],
