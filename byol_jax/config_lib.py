@@ -56,6 +56,25 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+# Small datasets, held in memory; 32x32 and 28x28 evaluate on the full image.
+DATASETS = {
+    'fashion_mnist': dict(
+        name='fashion_mnist', in_memory=True, train_split='train',
+        eval_split='test', image_size=28, num_channels=1, num_classes=10,
+        mean=(0.2860,), std=(0.3530,), eval_crop_fraction=1.0),
+    'cifar10': dict(
+        name='cifar10', in_memory=True, train_split='train', eval_split='test',
+        image_size=32, num_channels=3, num_classes=10,
+        mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616),
+        eval_crop_fraction=1.0),
+}
+
+
+def use_dataset(config, name: str) -> None:
+  """Sets `config.dataset` to one of `DATASETS`."""
+  config.dataset.update(DATASETS[name])
+
+
 def use_preset_augment(config, name: str) -> None:
   """Sets both views of `config.augment` from an `augment.PRESETS` entry."""
   v1, v2 = augment.preset(name)

@@ -21,10 +21,7 @@ from byol_jax import config_lib
 def get_config(arg=None):
   del arg
   c = config_lib.base_config()
-  c.dataset.update(dict(
-      name='fashion_mnist', in_memory=True, train_split='train', eval_split='test',
-      image_size=28, num_channels=1, num_classes=10, mean=(0.2860,),
-      std=(0.3530,), eval_crop_fraction=1.0))
+  config_lib.use_dataset(c, 'fashion_mnist')
   config_lib.use_preset_augment(c, 'byol_fashion_mnist')
   c.model.update(dict(depth=18, width=0.125, stem='small',
                       projector_hidden=(512,), predictor_hidden=(512,),

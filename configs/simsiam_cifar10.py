@@ -15,10 +15,7 @@ from byol_jax import config_lib
 def get_config(arg=None):
   args = config_lib.parse_arg(arg, epochs=800)
   c = config_lib.simsiam_overrides(config_lib.base_config())
-  c.dataset.update(dict(
-      name='cifar10', in_memory=True, train_split='train', eval_split='test', image_size=32,
-      num_channels=3, num_classes=10, mean=(0.4914, 0.4822, 0.4465),
-      std=(0.2470, 0.2435, 0.2616), eval_crop_fraction=1.0))
+  config_lib.use_dataset(c, 'cifar10')
   config_lib.use_preset_augment(c, 'simsiam_small')
   c.model.update(dict(depth=18, width=1.0, stem='small',
                       projector_hidden=(2048,)))
