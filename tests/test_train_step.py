@@ -85,9 +85,10 @@ def test_eight_devices_equal_one_device(devices, monkeypatch, method, beta):
                                 getattr(one_state, name), rtol=1e-3,
                                 atol=1e-4)
   for m1, m8 in zip(one_metrics, eight_metrics):
-    np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-4)
+    np.testing.assert_allclose(m8['loss'], m1['loss'], rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(m8['collapse/normalized_std'],
-                               m1['collapse/normalized_std'], rtol=1e-4)
+                               m1['collapse/normalized_std'], rtol=1e-4,
+                               atol=1e-5)
   assert int(eight_state.step) == 3
   # Something was learned: the parameters moved.
   moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), state.online_params,
