@@ -18,8 +18,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from byol_jax import losses
 
-AXIS = 'batch'
-
 
 def make_eval_fn(network, mesh: Optional[Mesh] = None):
   """Jitted eval-mode forward: (variables, images) -> {'embedding': (N, C),
@@ -32,7 +30,7 @@ def make_eval_fn(network, mesh: Optional[Mesh] = None):
     return {'embedding': out['embedding'], 'logits': out['logits']}
   if mesh is None:
     return jax.jit(forward)
-  data = NamedSharding(mesh, P(AXIS))
+  data = NamedSharding(mesh, P(*mesh.axis_names))  # Split the batch.
   jitted = jax.jit(forward, in_shardings=(NamedSharding(mesh, P()), data),
                    out_shardings=NamedSharding(mesh, P()))
 
