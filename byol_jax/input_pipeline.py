@@ -119,10 +119,11 @@ class StreamSource:
     return StreamSource(self.builder, f'{self.split}[:{n}]', n)
 
   def examples(self, *, shuffle_seed: Optional[int] = None,
-               process_index: int = 0, process_count: int = 1
-               ) -> tf.data.Dataset:
+               process_index: int = 0, process_count: int = 1,
+               decode: bool = True) -> tf.data.Dataset:
     """{'image': uint8 HWC, 'label': int32} of this process's shard; files
-    in fixed order unless `shuffle_seed` is given."""
+    in fixed order unless `shuffle_seed` is given. With decode=False images
+    stay encoded (decode them with `decode_example`)."""
     shuffle = shuffle_seed is not None
     shard = tfds.even_splits(self.split, process_count,
                              drop_remainder=shuffle)[process_index]
@@ -130,14 +131,16 @@ class StreamSource:
         split=shard, shuffle_files=shuffle,
         read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed),
         decoders={'image': tfds.decode.SkipDecoding()})
-    return ds.map(self._decode, num_parallel_calls=tf.data.AUTOTUNE)
+    if not decode:
+      return ds
+    return ds.map(self.decode_example, num_parallel_calls=tf.data.AUTOTUNE)
 
   def shard_size(self, process_index: int, process_count: int) -> int:
     return _split_size(self.builder,
                        tfds.even_splits(self.split, process_count)[
                            process_index])
 
-  def _decode(self, example):
+  def decode_example(self, example):
     feature = self.builder.info.features['image']
     image = example['image']
     if image.dtype == tf.string:
@@ -246,8 +249,11 @@ def pretrain_dataset(source, *, global_batch: int, seed: int,
     ds = _stream_examples(source, seed, shuffle_buffer, start_step,
                           global_batch, local_batch, offset, process_index,
                           process_count)
-    ds = ds.map(lambda g, ex: views(ex['image'], ex['label'], g),
-                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    def decode_views(g, encoded):
+      example = source.decode_example(encoded)
+      return views(example['image'], example['label'], g)
+    ds = ds.map(decode_views, num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
   else:
     n = len(source)
     images = tf.constant(source.images)
@@ -270,11 +276,12 @@ def pretrain_dataset(source, *, global_batch: int, seed: int,
 
 def _stream_examples(source, seed, shuffle_buffer, start_step, global_batch,
                      local_batch, offset, process_index, process_count):
-  """(global position g, example) pairs of a file-backed split: files and
-  examples shuffled with fixed seeds, so the order is a function of the seed;
-  resuming skips the consumed records (read, not decoded)."""
+  """(global position g, encoded example) pairs of a file-backed split:
+  files and examples shuffled with fixed seeds, so the order is a function of
+  the seed. Images stay encoded here, so the shuffle buffer holds bytes and
+  resuming skips the consumed records without decoding them."""
   ds = source.examples(shuffle_seed=seed, process_index=process_index,
-                       process_count=process_count)
+                       process_count=process_count, decode=False)
   ds = ds.repeat().shuffle(shuffle_buffer, seed=seed,
                            reshuffle_each_iteration=True)
   ds = ds.enumerate().skip(start_step * local_batch)
