@@ -8,7 +8,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 WORKDIR ?= runs/byol_fashion_mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-slow setup data clean
+.PHONY: demo test test-slow setup data clean bench-input
 
 demo: setup data
 	$(PY) -m byol_jax.main --config=configs/byol_fashion_mnist.py --workdir=$(WORKDIR)
@@ -35,3 +35,16 @@ data:
 
 clean:
 	rm -rf $(VENV) *.egg-info
+
+# Benchmarks that compare with PyTorch need torch + torchvision, which are
+# never dependencies of the package: they live in a separate venv.
+# (torchvision from PyPI needs the torch release it was built for: 2.14.1.)
+BENCH_VENV ?= .venv-bench
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
+	$(BENCH_VENV)/bin/python -m pip install -q -e . torch==2.14.1 torchvision==0.29.1
+	touch $@
+
+bench-input: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python benchmarks/input_pipeline.py

@@ -240,10 +240,18 @@ def pretrain_dataset(source, *, global_batch: int, seed: int,
   seed64 = tf.constant(seed, tf.int64)
 
   def views(image, label, g):
-    v1, v2 = augment.two_views(image, tf.stack([seed64, g]), view1, view2,
-                               image_size)
-    return {'view1': augment.normalize(v1, mean, std),
-            'view2': augment.normalize(v2, mean, std), 'label': label}
+    # Per image: the crops and random draws (images may differ in size).
+    d1, d2 = augment.sample_two_views(image, tf.stack([seed64, g]), view1,
+                                      view2, image_size)
+    return {'view1': d1, 'view2': d2, 'label': label}
+
+  def apply_views(batch):
+    # Per batch: everything after the crop, each image with its own draws.
+    return {'view1': augment.normalize(augment.apply_view(batch['view1']),
+                                       mean, std),
+            'view2': augment.normalize(augment.apply_view(batch['view2']),
+                                       mean, std),
+            'label': batch['label']}
 
   if isinstance(source, StreamSource):
     ds = _stream_examples(source, seed, shuffle_buffer, start_step,
@@ -271,6 +279,8 @@ def pretrain_dataset(source, *, global_batch: int, seed: int,
     ds = positions.map(example, num_parallel_calls=tf.data.AUTOTUNE,
                        deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True)
+  ds = ds.map(apply_views, num_parallel_calls=tf.data.AUTOTUNE,
+              deterministic=True)
   return ds.prefetch(tf.data.AUTOTUNE)
 
 

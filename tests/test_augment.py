@@ -124,6 +124,12 @@ def test_crop_output_shape_and_range():
   out = augment.random_resized_crop(COLOR, SEED, 7)
   assert out.shape == (7, 7, 3)
   assert 0.0 <= out.numpy().min() and out.numpy().max() <= 1.0
+  # uint8 input: cropped, then scaled to [0, 1]; same as converting first.
+  u8 = tf.constant(RNG.randint(0, 256, (16, 16, 3)), tf.uint8)
+  np.testing.assert_allclose(
+      augment.random_resized_crop(u8, SEED, 7).numpy(),
+      augment.random_resized_crop(tf.cast(u8, tf.float32) / 255, SEED,
+                                  7).numpy(), atol=1e-5)
 
 
 def test_solarize_and_grayscale_values():
@@ -158,3 +164,57 @@ def test_eval_preprocess_resizes_shorter_side_and_centre_crops():
 def test_unknown_preset_is_refused():
   with pytest.raises(ValueError, match='byol_imagenet'):
     augment.preset('byol_huge')
+
+
+def test_gaussian_blur_matches_a_direct_convolution():
+  """Non-square 40x30 image, sigma fixed at 1.5: kernel 2 * (40 // 20) + 1 =
+  5 taps, zero ('SAME') padding, rows then columns, as np.convolve does."""
+  image = RNG.uniform(0, 1, (40, 30, 3)).astype(np.float32)
+  out = augment.gaussian_blur(tf.constant(image), SEED, (1.5, 1.5)).numpy()
+  taps = np.exp(-np.arange(-2, 3) ** 2 / (2 * 1.5 ** 2))
+  taps /= taps.sum()
+  expected = np.apply_along_axis(np.convolve, 0, image, taps, 'same')
+  expected = np.apply_along_axis(np.convolve, 1, expected, taps, 'same')
+  np.testing.assert_allclose(out, expected, atol=1e-5)
+  # Interior of a constant image is unchanged (the kernel sums to 1).
+  flat = augment.gaussian_blur(tf.fill([40, 30, 1], 0.5), SEED).numpy()
+  np.testing.assert_allclose(flat[2:-2, 2:-2], 0.5, atol=1e-6)
+
+
+def test_batched_colour_ops_match_tf_image_per_image():
+  """Each image of the batch gets its own parameter, with TF's semantics."""
+  images = tf.constant(RNG.uniform(0, 1, (3, 8, 8, 3)), tf.float32)
+  cases = [
+      (augment.adjust_brightness, tf.image.adjust_brightness,
+       [-0.3, 0.0, 0.25]),
+      (augment.adjust_contrast, tf.image.adjust_contrast, [0.6, 1.0, 1.4]),
+      (augment.adjust_saturation, tf.image.adjust_saturation,
+       [0.8, 1.0, 1.2]),
+      (augment.adjust_saturation, tf.image.adjust_saturation,
+       [0.0, 3.0, 10.0]),  # S clipped at 1, and fully desaturated.
+      (augment.adjust_hue, tf.image.adjust_hue, [-0.1, 0.05, 0.1]),
+  ]
+  for ours, theirs, params in cases:
+    out = ours(images, tf.constant(params)).numpy()
+    for i, p in enumerate(params):
+      np.testing.assert_allclose(out[i], theirs(images[i], p).numpy(),
+                                 atol=2e-5, err_msg=f'{ours.__name__} {p}')
+
+
+def test_batched_view_equals_each_image_alone():
+  """apply_view on a batch == augment_view of each image with its seed:
+  the batch shares nothing but the code path."""
+  params = augment.PRESETS['byol_imagenet'][1]
+  images = tf.constant(RNG.uniform(0, 1, (6, 20, 20, 3)), tf.float32)
+  seeds = [tf.constant([i, 5], tf.int64) for i in range(6)]
+  draws = [augment.sample_view(images[i], seeds[i], params, 16)
+           for i in range(6)]
+  batched = augment.apply_view(
+      {k: tf.stack([d[k] for d in draws]) for k in draws[0]}).numpy()
+  for i in range(6):
+    np.testing.assert_allclose(
+        batched[i], augment.augment_view(images[i], seeds[i], params,
+                                         16).numpy(), atol=1e-5)
+  # Six images, six different draws: no batch-shared randomness.
+  assert len({float(d['brightness']) for d in draws}) == 6
+  assert len({float(d['sigma']) for d in draws}) == 6
