@@ -42,6 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
       name='lars', base_lr=0.2, lr_scaling='linear', weight_decay=1.5e-6,
       momentum=0.9, trust_coefficient=1e-3, nesterov=False, warmup_epochs=10.0,
       fixed_predictor_lr=False))
+  # The online linear probe's own optimizer (SGD + Nesterov, constant LR, no
+  # weight decay); it sees stop_gradient(embedding), so it never moves the
+  # encoder, and LARS's trust ratio never throttles it.
+  c.probe = ml_collections.ConfigDict(dict(learning_rate=0.1, momentum=0.9))
   c.batch_size = 4096
   c.num_epochs = 1000
   c.num_train_steps = -1  # -1: derived from num_epochs and the dataset size.

@@ -54,9 +54,26 @@ def predictor_labels(params):
       params)
 
 
+def probe_labels(params):
+  """'probe' for the online linear probe's leaves, 'ssl' otherwise."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: 'probe' if getattr(path[0], 'key', None) == 'probe'
+      else 'ssl', params)
+
+
+def with_probe_optimizer(ssl_optimizer: optax.GradientTransformation,
+                         probe_config) -> optax.GradientTransformation:
+  """`ssl_optimizer` for the network, and the probe's own optimizer (SGD with
+  Nesterov momentum at a constant LR, no weight decay) for its classifier."""
+  probe = optax.sgd(probe_config.learning_rate,
+                    momentum=probe_config.momentum, nesterov=True)
+  return optax.multi_transform({'ssl': ssl_optimizer, 'probe': probe},
+                               probe_labels)
+
+
 def build_optimizer(opt_config, lr_schedule: optax.Schedule,
                     peak_lr: float) -> optax.GradientTransformation:
-  """The optimizer named by `config.optimizer.name`.
+  """The network's optimizer named by `config.optimizer.name`.
 
   'lars' (BYOL): optax.lars, momentum 0.9, trust coefficient 1e-3; biases and
     BatchNorm parameters are masked out of weight decay and trust ratio.

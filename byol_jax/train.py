@@ -149,7 +149,9 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   tau_schedule = optim.tau_schedule(config.target.tau_base, num_steps)
   network = networks.build_network(config.model, d.num_classes,
                                    bn_axis_name=train_step.AXIS)
-  optimizer = optim.build_optimizer(config.optimizer, lr_schedule, peak_lr)
+  optimizer = optim.with_probe_optimizer(
+      optim.build_optimizer(config.optimizer, lr_schedule, peak_lr),
+      config.probe)
   mesh = train_step.make_mesh()
   image_shape = (d.image_size, d.image_size, d.num_channels)
 

@@ -45,7 +45,8 @@ def test_resnet_output_shapes(depth, width, stem, size, features):
 
 
 def test_stems_downsample_as_specified():
-  """ImageNet stem: /4 before stage 1 (7x7/2 conv + 3x3/2 pool); small: /1."""
+  """ImageNet stem: /4 before stage 1 (7x7/2 conv + 3x3/2 pool); small: /1;
+  small_pool: /2 (3x3/1 conv + 3x3/2 pool)."""
   def stage1_hw(stem):
     net = networks.ResNet(depth=18, width=0.125, stem=stem)
     _, state = net.apply(
@@ -56,6 +57,7 @@ def test_stems_downsample_as_specified():
     return state['intermediates']['stage1_block1']['__call__'][0].shape[1:3]
   assert stage1_hw('imagenet') == (8, 8)
   assert stage1_hw('small') == (32, 32)
+  assert stage1_hw('small_pool') == (16, 16)
 
 
 def test_imagenet_stem_uses_same_padding():

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from byol_jax import networks, optim
+from byol_jax import losses, networks, optim
 from conftest import tiny_model_config
 
 
@@ -109,3 +109,57 @@ def test_unknown_optimizer_is_refused():
   with pytest.raises(ValueError, match="'lars', 'sgd' or 'adamw'"):
     optim.build_optimizer(ml_collections.ConfigDict(dict(name='adam')),
                           optax.constant_schedule(1.0), 1.0)
+
+
+def test_probe_has_its_own_optimizer():
+  """The probe steps by SGD-Nesterov at its own LR (first step: -lr (1 + m)
+  g); the network's leaves get LARS, with its tiny trust-ratio step."""
+  net = networks.build_network(tiny_model_config(), num_classes=3)
+  params = net.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)),
+                    train=False)['params']
+  labels = optim.probe_labels(params)
+  assert labels['probe'] == {'kernel': 'probe', 'bias': 'probe'}
+  assert set(jax.tree.leaves(
+      {k: v for k, v in labels.items() if k != 'probe'})) == {'ssl'}
+  lars = ml_collections.ConfigDict(dict(name='lars', weight_decay=0.0,
+                                        trust_coefficient=1e-3, momentum=0.9))
+  opt = optim.with_probe_optimizer(
+      optim.build_optimizer(lars, optax.constant_schedule(1.0), 1.0),
+      ml_collections.ConfigDict(dict(learning_rate=0.1, momentum=0.9)))
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = opt.update(grads, opt.init(params), params)
+  chex.assert_trees_all_close(updates['probe'], jax.tree.map(
+      lambda g: -0.1 * 1.9 * g, grads['probe']))
+  kernel = updates['projector']['linear1']['kernel']
+  w = params['projector']['linear1']['kernel']
+  chex.assert_trees_all_close(
+      kernel, -1e-3 * jnp.linalg.norm(w) / jnp.linalg.norm(jnp.ones_like(w))
+      * jnp.ones_like(w), rtol=1e-5)
+
+
+def test_probe_learns_linearly_separable_features():
+  """Its optimizer fits a linear probe to ~100% on separable features."""
+  rng = np.random.RandomState(0)
+  centers = rng.normal(size=(4, 16)) * 3
+  labels = rng.randint(0, 4, 512)
+  feats = jnp.asarray(centers[labels] + rng.normal(size=(512, 16)),
+                      jnp.float32)
+  params = {'probe': {'kernel': jnp.zeros((16, 4)), 'bias': jnp.zeros(4)}}
+  opt = optim.with_probe_optimizer(
+      optax.sgd(0.0), ml_collections.ConfigDict(dict(learning_rate=0.1,
+                                                     momentum=0.9)))
+  state = opt.init(params)
+
+  def loss(p):
+    logits = feats @ p['probe']['kernel'] + p['probe']['bias']
+    return losses.probe_loss(logits, jnp.asarray(labels))
+
+  @jax.jit
+  def step(p, s):
+    updates, s = opt.update(jax.grad(loss)(p), s, p)
+    return optax.apply_updates(p, updates), s
+
+  for _ in range(100):
+    params, state = step(params, state)
+  logits = feats @ params['probe']['kernel'] + params['probe']['bias']
+  assert float(jnp.mean(jnp.argmax(logits, -1) == labels)) >= 0.99
