@@ -9,8 +9,11 @@ message instead of being overwritten.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
-from typing import Any, Optional
+import socket
+from typing import Any, Iterator, Optional
 
 import jax
 import ml_collections
@@ -24,6 +27,44 @@ _SHAPE_FIELDS = ('model', 'dataset.num_classes', 'dataset.num_channels',
 
 class CheckpointMismatchError(ValueError):
   """The workdir holds a checkpoint of a different model or optimizer."""
+
+
+class WorkdirBusyError(RuntimeError):
+  """Another live run holds the workdir."""
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+  """Holds an exclusive lock on <workdir>/.lock for the run's lifetime.
+
+  A second run pointed at the same workdir would interleave checkpoints and
+  metrics with the first; it is refused. The lock is an flock, which the
+  kernel drops when its process dies (even by SIGKILL), so a killed run
+  never leaves a stale lock behind. Local and NFS paths only: object-store
+  workdirs (gs://, s3://) are not locked.
+  """
+  if '://' in workdir:
+    yield
+    return
+  os.makedirs(workdir, exist_ok=True)
+  path = os.path.join(workdir, '.lock')
+  with open(path, 'a+') as f:
+    try:
+      fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      f.seek(0)
+      holder = f.read().strip() or 'unknown'
+      raise WorkdirBusyError(
+          f'Another run is using --workdir={workdir} ({holder}). Wait for '
+          'it to finish, stop it, or choose another --workdir.') from None
+    f.seek(0)
+    f.truncate()
+    f.write(f'pid {os.getpid()} on {socket.gethostname()}\n')
+    f.flush()
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def _get(config, dotted: str):

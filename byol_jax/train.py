@@ -126,9 +126,20 @@ class KnnEvaluator:
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   """Pretrains as `config` says, checkpoints into `workdir`, returns the final
-  evaluation (weighted-kNN and probe accuracy, plus baselines if asked)."""
-  start_time = time.time()
+  evaluation (weighted-kNN and probe accuracy, plus baselines if asked).
+
+  Refuses (checkpointing.WorkdirBusyError) while another run holds the
+  workdir; process 0 holds the lock for all processes of a multi-host run.
+  """
   config_lib.validate(config, jax.device_count(), jax.process_count())
+  if jax.process_index() != 0:
+    return _train_and_evaluate(config, workdir)
+  with checkpointing.workdir_lock(workdir):
+    return _train_and_evaluate(config, workdir)
+
+
+def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
+  start_time = time.time()
   d = config.dataset
   train_source = input_pipeline.load_source(d, d.train_split)
   eval_source = input_pipeline.load_source(d, d.eval_split)

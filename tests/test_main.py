@@ -81,3 +81,39 @@ def test_cli_rejects_bad_config_before_compiling(tmp_path, idx_dir):
            '--config.num_train_steps=2')
   assert r.returncode != 0
   assert 'batch_size=15 is not divisible by the 2 devices' in r.stderr
+
+
+def test_second_run_on_a_busy_workdir_is_refused(tmp_path, idx_dir):
+  """While one run holds the workdir (its lock, held here), the CLI refuses
+  with a message, before writing anything; a dead holder leaves no lock."""
+  from byol_jax import checkpointing
+  workdir = tmp_path / 'run'
+  with checkpointing.workdir_lock(str(workdir)):
+    r = _cli(workdir, idx_dir, '--config.num_train_steps=2')
+    assert r.returncode != 0
+    assert 'Another run is using --workdir' in r.stderr
+    assert f'pid {os.getpid()}' in r.stderr
+    assert sorted(os.listdir(workdir)) == ['.lock']
+  # Released (as the kernel does when a holder dies): the lock is free.
+  with checkpointing.workdir_lock(str(workdir)):
+    pass
+
+
+def test_workdir_lock_dies_with_its_holder(tmp_path):
+  """A holder killed with SIGKILL leaves no stale lock: the kernel drops it."""
+  from byol_jax import checkpointing
+  code = ('import sys, time; from byol_jax import checkpointing\n'
+          f'with checkpointing.workdir_lock({str(tmp_path)!r}):\n'
+          '  print("held", flush=True); time.sleep(600)\n')
+  holder = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'held'
+    with pytest.raises(checkpointing.WorkdirBusyError, match='Another run'):
+      with checkpointing.workdir_lock(str(tmp_path)):
+        pass
+  finally:
+    holder.kill()
+    holder.wait()
+  with checkpointing.workdir_lock(str(tmp_path)):
+    pass
