@@ -26,6 +26,8 @@ class NonFiniteLossError(FloatingPointError):
 
 
 def _format_time(seconds: float) -> str:
+  if not np.isfinite(seconds):  # No rate yet (the first step after resume).
+    return '?'
   seconds = int(seconds)
   return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
 

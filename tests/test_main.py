@@ -18,13 +18,21 @@ TINY = ['--config.model.width=0.0625', '--config.model.projector_hidden=(16,)',
         '--config.eval.knn_k_small=5']
 
 
+def _cli_command(workdir, idx_dir, *extra):
+  return [sys.executable, '-m', 'byol_jax.main',
+          '--config=configs/byol_fashion_mnist.py', f'--workdir={workdir}',
+          f'--config.dataset.idx_dir={idx_dir}', *TINY, *extra]
+
+
+def _cli_env():
+  return dict(os.environ,
+              XLA_FLAGS='--xla_force_host_platform_device_count=2')
+
+
 def _cli(workdir, idx_dir, *extra):
-  cmd = [sys.executable, '-m', 'byol_jax.main',
-         '--config=configs/byol_fashion_mnist.py', f'--workdir={workdir}',
-         f'--config.dataset.idx_dir={idx_dir}', *TINY, *extra]
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                        env=env, timeout=600)
+  return subprocess.run(_cli_command(workdir, idx_dir, *extra), cwd=ROOT,
+                        capture_output=True, text=True, env=_cli_env(),
+                        timeout=600)
 
 
 @pytest.fixture(scope='module')
@@ -117,3 +125,60 @@ def test_workdir_lock_dies_with_its_holder(tmp_path):
     holder.wait()
   with checkpointing.workdir_lock(str(tmp_path)):
     pass
+
+
+_KILL_AFTER_FIRST_SAVE = '''
+import os, signal, sys
+from byol_jax import checkpointing, main
+_save = checkpointing.save
+def save_then_die(manager, state, config):
+  _save(manager, state, config)
+  manager.wait_until_finished()
+  os.kill(os.getpid(), signal.SIGKILL)  # Preempted right after step N.
+checkpointing.save = save_then_die
+sys.argv = sys.argv[1:]
+main.run()
+'''
+
+
+def _saved_state(workdir, step):
+  import orbax.checkpoint as ocp
+  manager = ocp.CheckpointManager(workdir / 'checkpoints',
+                                  item_names=('state', 'config'))
+  return manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore()))['state']
+
+
+def test_sigkill_and_resume_reaches_the_uninterrupted_state(tmp_path,
+                                                            idx_dir):
+  """Killed (SIGKILL) after the step-3 checkpoint and restarted, a run ends at
+  step 6 with the same parameters, BN statistics, target and optimizer
+  state as a run that was never interrupted: data order, augmentation and
+  rng are functions of the step."""
+  import numpy as np
+  flags = ['--config.num_train_steps=6', '--config.checkpoint_every_steps=3',
+           '--config.eval.baselines=False']
+  straight, killed = tmp_path / 'straight', tmp_path / 'killed'
+  r = _cli(straight, idx_dir, *flags)
+  assert r.returncode == 0, r.stderr[-3000:]
+
+  cmd = _cli_command(killed, idx_dir, *flags)
+  r = subprocess.run([sys.executable, '-c', _KILL_AFTER_FIRST_SAVE,
+                      *cmd[2:]], cwd=ROOT, capture_output=True, text=True,
+                     env=_cli_env(), timeout=600)
+  assert r.returncode == -9, r.stderr[-3000:]
+  assert sorted(os.listdir(killed / 'checkpoints')) == ['3']
+
+  r = _cli(killed, idx_dir, *flags)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert 'Resumed from step 3' in r.stderr
+  a, b = _saved_state(straight, 6), _saved_state(killed, 6)
+  leaves_a, leaves_b = jax_leaves(a), jax_leaves(b)
+  assert len(leaves_a) == len(leaves_b) > 10
+  for x, y in zip(leaves_a, leaves_b):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def jax_leaves(tree):
+  import jax
+  return jax.tree.leaves(tree)
