@@ -21,6 +21,9 @@ sources (256x256 -> 224, 32x32 -> 32). Rates are two-view images per second
 per core: tf.data and torch are pinned to one thread.
 """
 
+import os
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Quiet TF start-up.
+
 import argparse
 import json
 import math

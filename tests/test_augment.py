@@ -201,16 +201,17 @@ def test_batched_colour_ops_match_tf_image_per_image():
                                  atol=2e-5, err_msg=f'{ours.__name__} {p}')
 
 
-def test_batched_view_equals_each_image_alone():
+@pytest.mark.parametrize('blur_prob', [0.5, 1.0])  # Subset / XLA blur paths.
+def test_batched_view_equals_each_image_alone(blur_prob):
   """apply_view on a batch == augment_view of each image with its seed:
   the batch shares nothing but the code path."""
-  params = augment.PRESETS['byol_imagenet'][1]
+  params = dict(augment.PRESETS['byol_imagenet'][1], blur_prob=blur_prob)
   images = tf.constant(RNG.uniform(0, 1, (6, 20, 20, 3)), tf.float32)
   seeds = [tf.constant([i, 5], tf.int64) for i in range(6)]
   draws = [augment.sample_view(images[i], seeds[i], params, 16)
            for i in range(6)]
   batched = augment.apply_view(
-      {k: tf.stack([d[k] for d in draws]) for k in draws[0]}).numpy()
+      {k: tf.stack([d[k] for d in draws]) for k in draws[0]}, params).numpy()
   for i in range(6):
     np.testing.assert_allclose(
         batched[i], augment.augment_view(images[i], seeds[i], params,
@@ -218,3 +219,4 @@ def test_batched_view_equals_each_image_alone():
   # Six images, six different draws: no batch-shared randomness.
   assert len({float(d['brightness']) for d in draws}) == 6
   assert len({float(d['sigma']) for d in draws}) == 6
+  assert 0 < sum(bool(d['blur']) for d in draws) <= 6

@@ -180,3 +180,11 @@ def test_streamed_tfds_split_under_mock_data():
   assert stream[0]['view1'].shape == (8, 32, 32, 3)
   for k in resumed:
     np.testing.assert_array_equal(stream[3][k], resumed[k])
+
+
+def test_augment_chunk_divides_the_batch_and_fits_the_cache_budget():
+  assert ip.augment_chunk(64, (224, 224, 3)) == 4
+  assert ip.augment_chunk(60, (224, 224, 3)) == 4
+  assert ip.augment_chunk(7, (224, 224, 3)) == 1  # prime batch
+  assert ip.augment_chunk(128, (28, 28, 1)) == 128
+  assert ip.augment_chunk(16, (1024, 1024, 3)) == 1
