@@ -201,7 +201,10 @@ class SSLNetwork(nn.Module):
     # encoder from the classification loss.
     out['logits'] = nn.Dense(self.num_classes, name='probe')(
         jax.lax.stop_gradient(emb))
-    return out
+    # Losses and diagnostics in float32 whatever the compute dtype (bf16
+    # mixed precision keeps params, optimizer state, the EMA target and BN
+    # statistics in float32 too: flax's param_dtype and BN reductions).
+    return {k: v.astype(jnp.float32) for k, v in out.items()}
 
 
 def build_network(model_config, num_classes: int,

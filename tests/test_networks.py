@@ -114,3 +114,32 @@ def test_target_call_skips_the_predictor_and_probe_sees_no_gradient():
   grads = jax.grad(probe_only)(v['params'])
   assert all(np.all(g == 0) for g in jax.tree.leaves(grads['encoder']))
   assert np.abs(grads['probe']['kernel']).sum() > 0
+
+
+def test_bfloat16_compute_with_float32_params_stats_and_outputs():
+  """compute_dtype='bfloat16': activations in bf16, but params, BatchNorm
+  statistics, gradients and every output (so every loss) in float32."""
+  cfg = tiny_model_config()
+  cfg.compute_dtype = 'bfloat16'
+  net = networks.build_network(cfg, num_classes=3)
+  x = jnp.asarray(np.random.RandomState(0).randn(4, 8, 8, 1), jnp.float32)
+  v = net.init(jax.random.key(0), x, train=False)
+  out, mutated = net.apply(v, x, train=True, mutable=['batch_stats'])
+  grads = jax.grad(lambda p: jnp.sum(net.apply(
+      {**v, 'params': p}, x, train=True,
+      mutable=['batch_stats'])[0]['prediction']))(v['params'])
+  for tree in (v['params'], mutated['batch_stats'], grads, out):
+    assert {leaf.dtype for leaf in jax.tree.leaves(tree)} == {
+        jnp.dtype('float32')}
+  ref = networks.build_network(tiny_model_config(), num_classes=3).apply(
+      v, x, train=True, mutable=['batch_stats'])[0]
+  a, b = np.asarray(out['projection']), np.asarray(ref['projection'])
+  cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b,
+                                                                      axis=1)
+  assert cosine.min() > 0.98, cosine          # The same function, to bf16...
+  assert not np.allclose(a, b, atol=1e-6)     # ...computed in bf16.
+  # The bf16 network really computes in bf16: a conv's output dtype.
+  _, inter = net.apply(v, x, train=False, capture_intermediates=lambda m, _:
+                       m.name == 'stem_conv', mutable=['intermediates'])
+  conv_out = jax.tree.leaves(inter['intermediates'])[0]
+  assert conv_out.dtype == jnp.bfloat16

@@ -14,9 +14,10 @@ GLOBAL_BATCH = 16
 IMAGE_SHAPE = (8, 8, 1)
 
 
-def _setup(method='byol', beta=0.0):
+def _setup(method='byol', beta=0.0, compute_dtype='float32'):
   if method == 'byol':
     model = tiny_model_config('byol')
+    model.compute_dtype = compute_dtype
     opt_cfg = dict(name='lars', weight_decay=1e-4, trust_coefficient=1e-3,
                    momentum=0.9)
     loss = dict(name='byol', alpha=0.1, beta=beta, stop_gradient=True)
@@ -142,3 +143,25 @@ def test_metrics_report_schedules_and_collapse():
   assert float(metrics[0]['collapse/healthy_std']) == pytest.approx(
       1 / np.sqrt(8))
   assert 1.0 <= float(metrics[0]['collapse/effective_rank']) <= 8.0
+
+
+@pytest.mark.slow  # bf16 convolutions are emulated on CPU: minutes here.
+def test_bfloat16_compute_keeps_state_and_loss_in_float32(devices):
+  """Mixed precision: convolutions and matmuls in bf16; params, BN
+  statistics, the EMA target, optimizer state and the loss in float32, and
+  the loss close to the float32 run's."""
+  results = {}
+  for dtype in ('float32', 'bfloat16'):
+    state, kwargs = _setup('byol', compute_dtype=dtype)
+    results[dtype] = _run(devices[:1], state, kwargs, _batches(2))
+  state, metrics = results['bfloat16']
+  for name in ('online_params', 'online_batch_stats', 'target_params',
+               'target_batch_stats', 'opt_state'):
+    for leaf in jax.tree.leaves(getattr(state, name)):
+      if jnp.issubdtype(leaf.dtype, jnp.floating):
+        assert leaf.dtype == jnp.float32, name
+  for m32, m16 in zip(results['float32'][1], metrics):
+    assert m16['loss'].dtype == jnp.float32
+    np.testing.assert_allclose(m16['loss'], m32['loss'], rtol=0.05)
+  assert not np.allclose(metrics[0]['loss'], results['float32'][1][0]['loss'],
+                         rtol=1e-7, atol=0)  # bf16 really was used.
