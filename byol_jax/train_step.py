@@ -193,8 +193,19 @@ def make_train_step(mesh: Mesh, **step_kwargs) -> Callable:
 
 
 def replicate(tree, mesh: Mesh):
-  """Places a host pytree on every device of `mesh` (replicated)."""
-  return jax.device_put(tree, NamedSharding(mesh, P()))
+  """Places a host pytree on every device of `mesh` (replicated); with
+  several processes, each passes the same values for its own devices."""
+  sharding = NamedSharding(mesh, P())
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    if jax.dtypes.issubdtype(getattr(x, 'dtype', None), jax.dtypes.prng_key):
+      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
+                                      impl=jax.random.key_impl(x))
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
+  return jax.tree.map(put, tree)
 
 
 def shard_batch(batch, mesh: Mesh):

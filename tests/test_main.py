@@ -142,11 +142,21 @@ main.run()
 
 
 def _saved_state(workdir, step):
+  """The saved TrainState as arrays on this process's first device, whatever
+  the device topology of the run that saved it."""
+  import jax
   import orbax.checkpoint as ocp
-  manager = ocp.CheckpointManager(workdir / 'checkpoints',
-                                  item_names=('state', 'config'))
+  manager = ocp.CheckpointManager(
+      workdir / 'checkpoints', item_names=('state', 'config'),
+      item_handlers={'state': ocp.StandardCheckpointHandler(),
+                     'config': ocp.JsonCheckpointHandler()})
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      manager.item_metadata(step)['state'],
+      is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
   return manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore()))['state']
+      state=ocp.args.StandardRestore(abstract)))['state']
 
 
 def test_sigkill_and_resume_reaches_the_uninterrupted_state(tmp_path,

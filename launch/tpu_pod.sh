@@ -1,0 +1,19 @@
+#!/bin/bash
+# A TPU-VM pod slice: the same command on every worker (one JAX process per
+# host); jax.distributed.initialize() finds the pod itself. The workdir must
+# be shared by all hosts (a gs:// bucket): every process takes part in
+# checkpointing; process 0 writes metrics and results.
+#
+#   TPU=my-v4-64 ZONE=us-central2-b WORKDIR=gs://my-bucket/byol_r50_300ep \
+#     launch/tpu_pod.sh configs/byol_imagenet.py:epochs=300 [--config.x=...]
+#
+# Assumes the repository is checked out at ~/byol_jax on every worker with
+# its venv made by `make setup` (e.g. via the same gcloud command).
+set -euo pipefail
+CONFIG=${1:?usage: TPU=... ZONE=... WORKDIR=gs://... launch/tpu_pod.sh CONFIG [overrides...]}
+shift
+: "${TPU:?set TPU to the TPU VM name}" "${ZONE:?set ZONE}" "${WORKDIR:?set WORKDIR (gs://...)}"
+OVERRIDES=$(printf ' %q' "$@")
+gcloud compute tpus tpu-vm ssh "$TPU" --zone="$ZONE" --worker=all --command="
+  cd ~/byol_jax && .venv/bin/python -m byol_jax.main --distributed \
+    --config=$CONFIG --workdir=$WORKDIR $OVERRIDES"
