@@ -47,7 +47,7 @@ def base_config() -> ml_collections.ConfigDict:
   # encoder, and LARS's trust ratio never throttles it.
   c.probe = ml_collections.ConfigDict(dict(learning_rate=0.1, momentum=0.9))
   c.batch_size = 4096
-  c.num_epochs = 1000
+  c.num_epochs = 1000.0  # Float: fractional epochs are allowed.
   c.num_train_steps = -1  # -1: derived from num_epochs and the dataset size.
   c.log_every_steps = 100
   c.checkpoint_every_steps = 5000
@@ -94,7 +94,9 @@ def steps_per_epoch(config, num_train_examples: int) -> int:
 def total_steps(config, num_train_examples: int) -> int:
   if config.num_train_steps > 0:
     return config.num_train_steps
-  return config.num_epochs * steps_per_epoch(config, num_train_examples)
+  # Fractional epochs are allowed (e.g. 3.5 for a CPU time budget).
+  return int(round(config.num_epochs
+                   * steps_per_epoch(config, num_train_examples)))
 
 
 class ConfigError(ValueError):
