@@ -29,6 +29,10 @@ class CheckpointMismatchError(ValueError):
   """The workdir holds a checkpoint of a different model or optimizer."""
 
 
+class CheckpointCorruptError(RuntimeError):
+  """The workdir's latest checkpoint cannot be read."""
+
+
 class WorkdirBusyError(RuntimeError):
   """Another live run holds the workdir."""
 
@@ -98,8 +102,15 @@ def load_config(manager: ocp.CheckpointManager,
   step = manager.latest_step() if step is None else step
   if step is None:
     return None
-  return manager.restore(step, args=ocp.args.Composite(
-      config=ocp.args.JsonRestore()))['config']
+  try:
+    return manager.restore(step, args=ocp.args.Composite(
+        config=ocp.args.JsonRestore()))['config']
+  except Exception as e:  # orbax raises many types for unreadable files.
+    raise CheckpointCorruptError(
+        f'Could not read the config saved with step {step} in '
+        f'{manager.directory}: {type(e).__name__}: {str(e)[:300]}\n'
+        'It was left untouched. Move that step directory away to resume from '
+        'an earlier checkpoint, or use a new --workdir.') from e
 
 
 def check_compatible(saved_config: dict, config, directory: str) -> None:
@@ -135,6 +146,13 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
   """Restores the state at `step` (default: latest) into `abstract_state`'s
   structure and shardings."""
   step = manager.latest_step() if step is None else step
-  restored = manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract_state)))
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state)))
+  except Exception as e:  # orbax/tensorstore raise many types here.
+    raise CheckpointCorruptError(
+        f'Could not read the checkpoint of step {step} in '
+        f'{manager.directory}: {type(e).__name__}: {str(e)[:300]}\n'
+        'It was left untouched. Move that step directory away to resume from '
+        'an earlier checkpoint, or use a new --workdir.') from e
   return restored['state']

@@ -192,3 +192,42 @@ def test_sigkill_and_resume_reaches_the_uninterrupted_state(tmp_path,
 def jax_leaves(tree):
   import jax
   return jax.tree.leaves(tree)
+
+
+def _snapshot(directory):
+  return {p: p.read_bytes() for p in sorted(directory.rglob('*'))
+          if p.is_file()}
+
+
+def test_nan_loss_and_corrupt_checkpoint_stop_without_touching_it(tmp_path,
+                                                                  idx_dir):
+  """A diverging run stops naming the step; an unreadable checkpoint is
+  refused with a message; neither overwrites the last good checkpoint."""
+  workdir = tmp_path / 'run'
+  flags = ['--config.eval.baselines=False', '--config.checkpoint_every_steps=2']
+  r = _cli(workdir, idx_dir, '--config.num_train_steps=2', *flags)
+  assert r.returncode == 0, r.stderr[-3000:]
+  good = _snapshot(workdir / 'checkpoints')
+
+  # Resumed with an absurd LR: the loss goes non-finite before step 4's save.
+  r = _cli(workdir, idx_dir, '--config.num_train_steps=8', *flags,
+           '--config.optimizer.base_lr=1e30')
+  assert r.returncode != 0
+  assert 'Loss is nan at step 4' in r.stderr or 'Loss is inf at step 4' in \
+      r.stderr, r.stderr[-2000:]
+  assert 'The last good checkpoint (step 2) is untouched' in r.stderr
+  assert _snapshot(workdir / 'checkpoints') == good
+
+  # Corrupt every data file of the state; the run refuses to start.
+  state_files = [p for p in good if '/state/' in str(p)
+                 and p.stat().st_size > 100]
+  assert state_files
+  for p in state_files:
+    p.write_bytes(b'\0' * p.stat().st_size)
+  corrupt = _snapshot(workdir / 'checkpoints')
+  r = _cli(workdir, idx_dir, '--config.num_train_steps=4', *flags)
+  assert r.returncode != 0
+  assert 'Could not read the checkpoint of step 2' in r.stderr, \
+      r.stderr[-2000:]
+  assert 'It was left untouched' in r.stderr
+  assert _snapshot(workdir / 'checkpoints') == corrupt
