@@ -199,6 +199,7 @@ def _snapshot(directory):
           if p.is_file()}
 
 
+@pytest.mark.slow  # Three CLI runs: ~2.5 min on 2 cores; `make test-slow`.
 def test_nan_loss_and_corrupt_checkpoint_stop_without_touching_it(tmp_path,
                                                                   idx_dir):
   """A diverging run stops naming the step; an unreadable checkpoint is

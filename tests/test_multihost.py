@@ -10,6 +10,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from test_input_pipeline import write_fake_fashion_mnist
 from test_main import ROOT, TINY, _saved_state
@@ -35,6 +36,7 @@ def _env(devices):
               XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
 
 
+@pytest.mark.slow  # Three CLI processes: ~3.5 min on 2 cores; `make test-slow`.
 def test_two_processes_equal_one_process(tmp_path):
   idx_dir = tmp_path / 'fmnist'
   idx_dir.mkdir()
