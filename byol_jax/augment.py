@@ -1,9 +1,12 @@
 """BYOL / SimSiam image augmentations as stateless TensorFlow ops.
 
-Every op takes an explicit `seed` (a shape-[2] int tensor), so the same
-(seed, image) always gives the same output, eagerly or inside tf.data, and a
-resumed run sees exactly the views an uninterrupted one would have seen.
-Images are float32 in [0, 1], HWC, with 1 (grayscale) or 3 channels; the
+Every random draw comes from an explicit `seed` (a shape-[2] int tensor), so
+the same (seed, image) always gives the same output, eagerly or inside
+tf.data, alone or in any batch, and a resumed run sees exactly the views an
+uninterrupted one would have seen. A view is two parts: `sample_view` per
+image (the crop and the draws), then `apply_view` on a batch (everything
+else, in XLA). Images are float32 in [0, 1] (uint8 sources are converted
+after cropping), HWC, with 1 (grayscale) or 3 channels; the
 colour ops that need 3 channels (saturation, hue, grayscale) are identities
 on 1-channel images, in training and evaluation alike.
 
