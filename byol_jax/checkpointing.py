@@ -71,6 +71,14 @@ def workdir_lock(workdir: str) -> Iterator[None]:
       fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _unreadable(what: str, step: int, manager, error: Exception):
+  return CheckpointCorruptError(
+      f'Could not read {what} {step} in {manager.directory}: '
+      f'{type(error).__name__}: {str(error)[:300]}\n'
+      'It was left untouched. Move that step directory away to resume from '
+      'an earlier checkpoint, or use a new --workdir.')
+
+
 def _get(config, dotted: str):
   for part in dotted.split('.'):
     config = config[part]
@@ -106,11 +114,7 @@ def load_config(manager: ocp.CheckpointManager,
     return manager.restore(step, args=ocp.args.Composite(
         config=ocp.args.JsonRestore()))['config']
   except Exception as e:  # orbax raises many types for unreadable files.
-    raise CheckpointCorruptError(
-        f'Could not read the config saved with step {step} in '
-        f'{manager.directory}: {type(e).__name__}: {str(e)[:300]}\n'
-        'It was left untouched. Move that step directory away to resume from '
-        'an earlier checkpoint, or use a new --workdir.') from e
+    raise _unreadable('the config saved with step', step, manager, e) from e
 
 
 def check_compatible(saved_config: dict, config, directory: str) -> None:
@@ -150,9 +154,5 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state)))
   except Exception as e:  # orbax/tensorstore raise many types here.
-    raise CheckpointCorruptError(
-        f'Could not read the checkpoint of step {step} in '
-        f'{manager.directory}: {type(e).__name__}: {str(e)[:300]}\n'
-        'It was left untouched. Move that step directory away to resume from '
-        'an earlier checkpoint, or use a new --workdir.') from e
+    raise _unreadable('the checkpoint of step', step, manager, e) from e
   return restored['state']

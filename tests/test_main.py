@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 
 from test_input_pipeline import write_fake_fashion_mnist
@@ -24,9 +26,9 @@ def _cli_command(workdir, idx_dir, *extra):
           f'--config.dataset.idx_dir={idx_dir}', *TINY, *extra]
 
 
-def _cli_env():
-  return dict(os.environ,
-              XLA_FLAGS='--xla_force_host_platform_device_count=2')
+def _cli_env(devices=2):
+  return dict(os.environ, JAX_PLATFORMS='cpu',
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
 
 
 def _cli(workdir, idx_dir, *extra):
@@ -144,7 +146,6 @@ main.run()
 def _saved_state(workdir, step):
   """The saved TrainState as arrays on this process's first device, whatever
   the device topology of the run that saved it."""
-  import jax
   import orbax.checkpoint as ocp
   manager = ocp.CheckpointManager(
       workdir / 'checkpoints', item_names=('state', 'config'),
@@ -165,7 +166,6 @@ def test_sigkill_and_resume_reaches_the_uninterrupted_state(tmp_path,
   step 6 with the same parameters, BN statistics, target and optimizer
   state as a run that was never interrupted: data order, augmentation and
   rng are functions of the step."""
-  import numpy as np
   flags = ['--config.num_train_steps=6', '--config.checkpoint_every_steps=3',
            '--config.eval.baselines=False']
   straight, killed = tmp_path / 'straight', tmp_path / 'killed'
@@ -183,15 +183,10 @@ def test_sigkill_and_resume_reaches_the_uninterrupted_state(tmp_path,
   assert r.returncode == 0, r.stderr[-3000:]
   assert 'Resumed from step 3' in r.stderr
   a, b = _saved_state(straight, 6), _saved_state(killed, 6)
-  leaves_a, leaves_b = jax_leaves(a), jax_leaves(b)
+  leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
   assert len(leaves_a) == len(leaves_b) > 10
   for x, y in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
-def jax_leaves(tree):
-  import jax
-  return jax.tree.leaves(tree)
 
 
 def _snapshot(directory):

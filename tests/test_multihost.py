@@ -3,17 +3,15 @@ process with 8 devices: per-process input slices, a global batch assembled
 from process-local data, cross-process gradient means and BatchNorm."""
 
 import json
-import os
 import socket
 import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
 
 from test_input_pipeline import write_fake_fashion_mnist
-from test_main import ROOT, TINY, _saved_state
+from test_main import ROOT, _cli_command, _cli_env, _saved_state
 
 FLAGS = ['--config.num_train_steps=3', '--config.eval.baselines=False',
          '--config.log_every_steps=1']
@@ -25,34 +23,24 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _command(workdir, idx_dir, *extra):
-  return [sys.executable, '-m', 'byol_jax.main',
-          '--config=configs/byol_fashion_mnist.py', f'--workdir={workdir}',
-          f'--config.dataset.idx_dir={idx_dir}', *TINY, *FLAGS, *extra]
-
-
-def _env(devices):
-  return dict(os.environ, JAX_PLATFORMS='cpu',
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-
-
 @pytest.mark.slow  # Three CLI processes: ~3.5 min on 2 cores; `make test-slow`.
 def test_two_processes_equal_one_process(tmp_path):
   idx_dir = tmp_path / 'fmnist'
   idx_dir.mkdir()
   write_fake_fashion_mnist(idx_dir, n_train=64, n_test=21)
   single, multi = tmp_path / 'single', tmp_path / 'multi'
-  r = subprocess.run(_command(single, idx_dir), cwd=ROOT, env=_env(8),
-                     capture_output=True, text=True, timeout=900)
+  r = subprocess.run(_cli_command(single, idx_dir, *FLAGS), cwd=ROOT,
+                     env=_cli_env(8), capture_output=True, text=True,
+                     timeout=900)
   assert r.returncode == 0, r.stderr[-3000:]
 
   port = _free_port()
   procs = [subprocess.Popen(
-      _command(multi, idx_dir, '--distributed',
-               f'--coordinator_address=localhost:{port}',
-               '--num_processes=2', f'--process_id={i}'),
-      cwd=ROOT, env=_env(4), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True) for i in range(2)]
+      _cli_command(multi, idx_dir, *FLAGS, '--distributed',
+                   f'--coordinator_address=localhost:{port}',
+                   '--num_processes=2', f'--process_id={i}'),
+      cwd=ROOT, env=_cli_env(4), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
   outs = [p.communicate(timeout=900) for p in procs]
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, err[-3000:]
