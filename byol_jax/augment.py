@@ -60,6 +60,16 @@ PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 }
 
 
+def crop_flip_view(crop_area=(0.08, 1.0), crop_aspect=(3 / 4, 4 / 3),
+                   flip_prob: float = 0.5) -> dict[str, Any]:
+  """Random resized crop + horizontal flip and nothing else: the train view of
+  linear evaluation and fine-tuning (BYOL appendix C)."""
+  return _view(_BYOL_VIEW, crop_area=tuple(crop_area),
+               crop_aspect=tuple(crop_aspect), flip_prob=flip_prob,
+               jitter_prob=0.0,
+               grayscale_prob=0.0, blur_prob=0.0, solarize_prob=0.0)
+
+
 def preset(name: str) -> tuple[dict[str, Any], dict[str, Any]]:
   if name not in PRESETS:
     raise ValueError(f'unknown augmentation preset {name!r}; choose one of '

@@ -156,3 +156,59 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
   except Exception as e:  # orbax/tensorstore raise many types here.
     raise _unreadable('the checkpoint of step', step, manager, e) from e
   return restored['state']
+
+
+def resolve(path: str) -> tuple[str, Optional[int]]:
+  """(checkpoints directory, step or None for the latest) from a run's
+  workdir, its checkpoints/ directory, or one step's directory in it."""
+  path = os.path.abspath(path.rstrip('/'))
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return os.path.join(path, 'checkpoints'), None
+  base = os.path.basename(path)
+  if base.isdigit() and os.path.isdir(os.path.join(path, 'state')):
+    return os.path.dirname(path), int(base)
+  if os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path)):
+    return path, None
+  raise FileNotFoundError(
+      f'No checkpoint at {path}: pass a pretraining --workdir, its '
+      'checkpoints/ directory, or one step directory such as '
+      'WORKDIR/checkpoints/1000.')
+
+
+def load_pretrained(path: str, sharding: Optional[jax.sharding.Sharding]
+                    = None) -> tuple[dict, dict, int]:
+  """Reads a pretraining checkpoint for evaluation, without writing to it.
+
+  Returns (the config it was trained with, the online network's variables
+  {'params', 'batch_stats'}, its step). Arrays are placed with `sharding`
+  (e.g. replicated over a mesh; default: this process's first device), so
+  any device topology can read what any other wrote.
+  """
+  directory, step = resolve(path)
+  manager = ocp.CheckpointManager(
+      directory, options=ocp.CheckpointManagerOptions(read_only=True),
+      item_names=('state', 'config'),
+      item_handlers={'state': ocp.PyTreeCheckpointHandler(),
+                     'config': ocp.JsonCheckpointHandler()})
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'{directory} holds no finished checkpoint.')
+  config = load_config(manager, step)
+  sharding = sharding or jax.sharding.SingleDeviceSharding(
+      jax.local_devices()[0])
+  try:
+    metadata = manager.item_metadata(step)['state']
+    abstract = jax.tree.map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+        metadata, is_leaf=lambda m: hasattr(m, 'shape')
+        and hasattr(m, 'dtype'))
+    # Only the online network: the optimizer state and target stay on disk.
+    wanted = {k: abstract[k] for k in ('online_params', 'online_batch_stats')}
+    state = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+            wanted, restore_args=ocp.checkpoint_utils.construct_restore_args(
+                wanted), partial_restore=True)))['state']
+  except Exception as e:  # orbax/tensorstore raise many types here.
+    raise _unreadable('the checkpoint of step', step, manager, e) from e
+  return config, {'params': state['online_params'],
+                  'batch_stats': state['online_batch_stats']}, step

@@ -74,6 +74,70 @@ DATASETS = {
 }
 
 
+def eval_base_config() -> ml_collections.ConfigDict:
+  """Defaults of the supervised protocols on a pretrained encoder
+  (`python -m byol_jax.evaluate --mode=linear|finetune`): BYOL's ImageNet
+  linear evaluation (appendix C): SGD Nesterov momentum 0.9, batch 1024,
+  80 epochs, cosine LR, no weight decay, random resized crop + flip for
+  training, centre crop for testing. The paper picks the LR on a validation
+  split from {0.4, 0.3, 0.2, 0.1, 0.05}; 0.2 is the default here."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.dataset = base_config().dataset
+  # train=False: no augmentation; features are extracted once (fast path).
+  c.augment = ml_collections.ConfigDict(dict(
+      train=True, crop_area=(0.08, 1.0), crop_aspect=(3 / 4, 4 / 3)))
+  c.batch_size = 1024
+  c.num_epochs = 80.0
+  c.optimizer = ml_collections.ConfigDict(dict(
+      base_lr=0.2, lr_scaling='none', momentum=0.9, nesterov=True,
+      weight_decay=0.0))
+  # Fine-tuning's labelled examples: a class-balanced fraction drawn with
+  # `seed`, or the file names listed in `file` (SimCLR's ImageNet subsets).
+  c.subset = ml_collections.ConfigDict(dict(fraction=1.0, file='', seed=0))
+  c.log_every_steps = 100
+  c.eval = base_config().eval
+  c.eval.batch_size = 1000
+  return c
+
+
+def validate_eval(config, mode: str, num_devices: int,
+                  num_processes: int = 1) -> None:
+  """Checks an evaluation config before anything is read or compiled."""
+  errors = []
+
+  def check(ok, msg):
+    if not ok:
+      errors.append(msg)
+
+  check(mode in EVAL_MODES, f'--mode={mode!r} is unknown; use one of '
+        f'{EVAL_MODES}.')
+  if mode in ('linear', 'finetune'):
+    check(config.batch_size > 0 and config.batch_size % num_devices == 0,
+          f'batch_size={config.batch_size} is not divisible by the '
+          f'{num_devices} devices; use a multiple of {num_devices}.')
+    check(config.batch_size % num_processes == 0,
+          f'batch_size={config.batch_size} is not divisible by the '
+          f'{num_processes} processes.')
+    check(config.num_epochs > 0, f'num_epochs={config.num_epochs} must be '
+          '> 0.')
+    check(config.optimizer.base_lr > 0, 'optimizer.base_lr must be > 0.')
+    check(config.optimizer.lr_scaling in ('linear', 'none'),
+          f"optimizer.lr_scaling={config.optimizer.lr_scaling!r}: use "
+          "'linear' or 'none'.")
+    check(0 < config.subset.fraction <= 1,
+          f'subset.fraction={config.subset.fraction} must be in (0, 1].')
+    check(config.log_every_steps > 0, 'log_every_steps must be > 0.')
+  check(config.eval.batch_size % num_devices == 0,
+        f'eval.batch_size={config.eval.batch_size} is not divisible by the '
+        f'{num_devices} devices.')
+  if errors:
+    raise ConfigError('Invalid config:\n  - ' + '\n  - '.join(errors))
+
+
+EVAL_MODES = ('linear', 'finetune', 'knn')
+
+
 def use_dataset(config, name: str) -> None:
   """Sets `config.dataset` to one of `DATASETS`."""
   config.dataset.update(DATASETS[name])

@@ -110,12 +110,17 @@ class StreamSource:
   builder: Any
   split: str
   num_examples: int
+  # Only these examples (by the dataset's 'file_name' feature), e.g. the
+  # SimCLR 1% / 10% ImageNet subsets; None: the whole split.
+  file_names: Optional[tuple[str, ...]] = None
 
   def __len__(self):
     return self.num_examples
 
   def take(self, n: int) -> 'StreamSource':
     """The first n examples (e.g. a kNN bank drawn from the train split)."""
+    if self.file_names is not None:
+      raise ValueError('take() of a file-name subset is not supported.')
     return StreamSource(self.builder, f'{self.split}[:{n}]', n)
 
   def examples(self, *, shuffle_seed: Optional[int] = None,
@@ -131,6 +136,11 @@ class StreamSource:
         split=shard, shuffle_files=shuffle,
         read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed),
         decoders={'image': tfds.decode.SkipDecoding()})
+    if self.file_names is not None:
+      keep = tf.lookup.StaticHashTable(tf.lookup.KeyValueTensorInitializer(
+          tf.constant(self.file_names), tf.ones(len(self.file_names),
+                                                tf.bool)), False)
+      ds = ds.filter(lambda ex: keep.lookup(ex['file_name']))
     if not decode:
       return ds
     return ds.map(self.decode_example, num_parallel_calls=tf.data.AUTOTUNE)
@@ -194,6 +204,60 @@ def load_source(dataset_config, split: str):
   return ArraySource(images.astype(np.uint8), data['label'].astype(np.int32))
 
 
+def class_balanced_subset(labels: np.ndarray, fraction: float,
+                          seed: int) -> np.ndarray:
+  """Sorted indices of round(fraction x n_c) (at least 1) examples of each
+  class c, drawn with `seed`: the same labels, fraction and seed always give
+  the same subset (semi-supervised fine-tuning on 1% / 10% of the labels)."""
+  if not 0 < fraction <= 1:
+    raise ValueError(f'fraction={fraction} must be in (0, 1].')
+  rng = np.random.RandomState(seed)
+  picked = []
+  for c in np.unique(labels):
+    members = np.flatnonzero(labels == c)
+    k = max(1, int(round(fraction * len(members))))
+    picked.append(rng.permutation(members)[:k])
+  return np.sort(np.concatenate(picked))
+
+
+def read_subset_file(path: str) -> tuple[str, ...]:
+  """File names, one per line (the SimCLR ImageNet subset files
+  1percent.txt / 10percent.txt, e.g. 'n01440764_10026.JPEG')."""
+  if not os.path.exists(path):
+    raise DatasetNotFoundError(
+        f'Subset file {path} not found. The SimCLR ImageNet subsets are '
+        'https://github.com/google-research/simclr/tree/master/imagenet_subsets'
+        ' (1percent.txt, 10percent.txt).')
+  with open(path) as f:
+    names = tuple(sorted({line.strip() for line in f if line.strip()}))
+  if not names:
+    raise ValueError(f'Subset file {path} lists no file names.')
+  return names
+
+
+def labelled_subset(source, *, fraction: float = 1.0, seed: int = 0,
+                    subset_file: str = ''):
+  """The labelled examples of a semi-supervised protocol: those named in
+  `subset_file`, or a class-balanced `fraction` drawn with `seed`."""
+  if subset_file:
+    if not isinstance(source, StreamSource):
+      raise ValueError('subset.file needs a TFDS dataset with a file_name '
+                       'feature read from files (dataset.in_memory=False); '
+                       'use subset.fraction for in-memory datasets.')
+    names = read_subset_file(subset_file)
+    return dataclasses.replace(source, num_examples=len(names),
+                               file_names=names)
+  if fraction >= 1.0:
+    return source
+  if isinstance(source, StreamSource):
+    raise ValueError(
+        'A class-balanced subset.fraction of a streamed dataset would read '
+        'every label first; give the subset as subset.file (e.g. SimCLR\'s '
+        '1percent.txt), or load the dataset with dataset.in_memory=True.')
+  index = class_balanced_subset(source.labels, fraction, seed)
+  return ArraySource(source.images[index], source.labels[index])
+
+
 def take(source, n: int):
   """The first n examples of a source."""
   if isinstance(source, StreamSource):
@@ -223,33 +287,52 @@ def _process_slice(global_batch: int, process_index: int, process_count: int):
   return local, process_index * local
 
 
-def pretrain_dataset(source, *, global_batch: int, seed: int,
-                     image_size: int, view1, view2, mean, std,
-                     start_step: int = 0, process_index: int = 0,
-                     process_count: int = 1,
-                     shuffle_buffer: int = 50_000) -> tf.data.Dataset:
+def pretrain_dataset(source, *, view1, view2, **kwargs) -> tf.data.Dataset:
+  """Endless stream of this process's slice of each global batch, as two
+  augmented views: {'view1', 'view2': (local_batch, S, S, C) float32
+  normalised, 'label': (local_batch,) int32}. Keyword arguments as
+  `augmented_dataset`."""
+  return augmented_dataset(source, views={'view1': view1, 'view2': view2},
+                           **kwargs)
+
+
+def labelled_dataset(source, *, view, **kwargs) -> tf.data.Dataset:
+  """Endless stream of one augmented view per example, for supervised
+  protocols (linear evaluation, fine-tuning): {'image', 'label'}. Keyword
+  arguments as `augmented_dataset`."""
+  return augmented_dataset(source, views={'image': view}, **kwargs)
+
+
+def augmented_dataset(source, *, views: dict[str, dict], global_batch: int,
+                      seed: int, image_size: int, mean, std,
+                      start_step: int = 0, process_index: int = 0,
+                      process_count: int = 1,
+                      shuffle_buffer: int = 50_000) -> tf.data.Dataset:
   """Endless stream of this process's slice of each global batch.
 
-  Yields {'view1', 'view2': (local_batch, S, S, C) float32 normalised,
-  'label': (local_batch,) int32}; processes take disjoint, contiguous slices
-  of the same global batch, so together they see each global batch once.
+  Yields {name: (local_batch, S, S, C) float32 normalised for each entry of
+  `views` (name -> view parameters, see `augment.PRESETS`), 'label':
+  (local_batch,) int32}; processes take disjoint, contiguous slices of the
+  same global batch, so together they see each global batch once. Example
+  g's views are drawn from the stateless seed (seed, g), split per view.
   """
   local_batch, offset = _process_slice(global_batch, process_index,
                                        process_count)
-  view1, view2 = dict(view1), dict(view2)
+  views = {name: dict(params) for name, params in views.items()}
   seed64 = tf.constant(seed, tf.int64)
 
-  def views(image, label, g):
+  def sample(image, label, g):
     # Per image: the crops and random draws (images may differ in size).
-    d1, d2 = augment.sample_two_views(image, tf.stack([seed64, g]), view1,
-                                      view2, image_size)
-    return {'view1': d1, 'view2': d2, 'label': label}
+    seeds = augment.split_seed(tf.stack([seed64, g]), len(views))
+    out = {name: augment.sample_view(image, s, params, image_size)
+           for s, (name, params) in zip(seeds, views.items())}
+    return {**out, 'label': label}
 
   def apply_views(batch):
     # Per batch: everything after the crop, each image with its own draws.
-    return {'view1': augment.apply_view(batch['view1'], view1, mean, std),
-            'view2': augment.apply_view(batch['view2'], view2, mean, std),
-            'label': batch['label']}
+    out = {name: augment.apply_view(batch[name], params, mean, std)
+           for name, params in views.items()}
+    return {**out, 'label': batch['label']}
 
   if isinstance(source, StreamSource):
     ds = _stream_examples(source, seed, shuffle_buffer, start_step,
@@ -257,7 +340,7 @@ def pretrain_dataset(source, *, global_batch: int, seed: int,
                           process_count)
     def decode_views(g, encoded):
       example = source.decode_example(encoded)
-      return views(example['image'], example['label'], g)
+      return sample(example['image'], example['label'], g)
     ds = ds.map(decode_views, num_parallel_calls=tf.data.AUTOTUNE,
                 deterministic=True)
   else:
@@ -268,7 +351,7 @@ def pretrain_dataset(source, *, global_batch: int, seed: int,
     def example(g):
       index = tf.random.experimental.index_shuffle(
           g % n, tf.stack([seed64, g // n]), n - 1)
-      return views(tf.gather(images, index), tf.gather(labels, index), g)
+      return sample(tf.gather(images, index), tf.gather(labels, index), g)
 
     positions = tf.data.Dataset.range(start_step, 2**62).flat_map(
         lambda step: tf.data.Dataset.range(step * global_batch + offset,
@@ -279,7 +362,8 @@ def pretrain_dataset(source, *, global_batch: int, seed: int,
   # The batched ops run on chunks small enough to stay in a core's cache
   # (4 images at 224 px: 2x the rate of whole 64-image batches, measured in
   # docs/input_pipeline.md), then chunks are stacked into the local batch.
-  chunk = augment_chunk(local_batch, ds.element_spec['view1']['image'].shape)
+  first = next(iter(views))
+  chunk = augment_chunk(local_batch, ds.element_spec[first]['image'].shape)
   ds = ds.batch(chunk, drop_remainder=True)
   ds = ds.map(apply_views, num_parallel_calls=tf.data.AUTOTUNE,
               deterministic=True)

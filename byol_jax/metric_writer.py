@@ -5,12 +5,33 @@ Only process 0 writes (multi-host runs call this on every process).
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from typing import Mapping
+from typing import Any, Mapping
 
 import jax
 import numpy as np
+
+
+def write_result(workdir: str, name: str, record: Mapping[str, Any]) -> str:
+  """Writes <workdir>/results/<name>.json (then <name>.2.json, ...): never
+  overwrites an earlier result, even with runs finishing at once (O_EXCL).
+  Returns the path (process 0 writes; other processes return '')."""
+  if jax.process_index() != 0:
+    return ''
+  out_dir = os.path.join(workdir, 'results')
+  os.makedirs(out_dir, exist_ok=True)
+  for i in itertools.count(1):
+    path = os.path.join(out_dir, f'{name}.json' if i == 1
+                        else f'{name}.{i}.json')
+    try:
+      fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    except FileExistsError:
+      continue
+    with os.fdopen(fd, 'w') as f:
+      json.dump(record, f, indent=2)
+    return path
 
 
 class MetricWriter:

@@ -5,14 +5,11 @@ Side effects live here only; the math is in losses, optim and train_step.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import time
-from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -51,79 +48,6 @@ class _StopRequest:
   def __exit__(self, *exc):
     for sig, old in self._old.items():
       signal.signal(sig, old)
-
-
-def write_result(workdir: str, name: str, record: dict[str, Any]) -> str:
-  """Writes <workdir>/results/<name>.json; never overwrites an earlier one."""
-  out_dir = os.path.join(workdir, 'results')
-  os.makedirs(out_dir, exist_ok=True)
-  path = os.path.join(out_dir, f'{name}.json')
-  i = 1
-  while os.path.exists(path):
-    i += 1
-    path = os.path.join(out_dir, f'{name}.{i}.json')
-  if jax.process_index() == 0:
-    with open(path, 'w') as f:
-      json.dump(record, f, indent=2)
-  return path
-
-
-class KnnEvaluator:
-  """Weighted-kNN and online-probe accuracy of an encoder on the eval split."""
-
-  def __init__(self, config, network, mesh, train_source, eval_source):
-    self.config = config
-    self.eval_cfg = config.eval
-    self.embed = evaluate.make_eval_fn(network, mesh)
-    bank = train_source
-    n = self.eval_cfg.knn_train_examples
-    if 0 < n < len(train_source):
-      bank = input_pipeline.take(train_source, n)
-    self.sources = {'train': bank, 'eval': eval_source}
-
-  def _batches(self, split):
-    d = self.config.dataset
-    return input_pipeline.eval_batches(
-        self.sources[split], global_batch=self.eval_cfg.batch_size,
-        image_size=d.image_size, mean=d.mean, std=d.std,
-        crop_fraction=d.eval_crop_fraction,
-        process_index=jax.process_index(),
-        process_count=jax.process_count())
-
-  def _accuracies(self, train_feats, train_labels, test_feats, test_labels,
-                  prefix):
-    e = self.eval_cfg
-    accs = evaluate.knn_accuracy(
-        train_feats, train_labels, test_feats, test_labels,
-        ks=(e.knn_k, e.knn_k_small), temperature=e.knn_temperature,
-        num_classes=self.config.dataset.num_classes)
-    return {f'{prefix}knn_top1_k{k}': v for k, v in accs.items()}
-
-  def __call__(self, variables, prefix='eval/') -> dict[str, float]:
-    train = evaluate.extract(self.embed, variables, self._batches('train'))
-    test = evaluate.extract(self.embed, variables, self._batches('eval'))
-    out = self._accuracies(train['embedding'], train['label'],
-                           test['embedding'], test['label'], prefix)
-    out[f'{prefix}probe_top1'] = evaluate.topk_accuracy(
-        test['logits'], test['label'], 1)
-    out[f'{prefix}probe_top5'] = evaluate.topk_accuracy(
-        test['logits'], test['label'], 5)
-    return out
-
-  def raw_pixels(self) -> dict[str, float]:
-    """kNN on the raw [0, 1] pixels (eval view, before mean/std
-    normalisation): the floor any encoder must clear."""
-    d = self.config.dataset
-    flat = []
-    for split in ('train', 'eval'):
-      pixels, labels = [], []
-      for b in self._batches(split):
-        keep = b['mask'] > 0
-        x = b['image'][keep] * np.asarray(d.std) + np.asarray(d.mean)
-        pixels.append(x.reshape(len(x), -1))
-        labels.append(b['label'][keep])
-      flat += [np.concatenate(pixels), np.concatenate(labels)]
-    return self._accuracies(*flat, 'raw_pixels/')
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
@@ -183,7 +107,7 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
     logging.info('Resumed from step %d in %s', int(state.step), workdir)
   start_step = int(jax.device_get(state.step))
 
-  evaluator = KnnEvaluator(config, network, mesh, train_source, eval_source)
+  evaluator = evaluate.KnnEvaluator(config, network, mesh, train_source, eval_source)
   writer = metric_writer.MetricWriter(workdir)
   baselines = {}
   if config.eval.baselines:
@@ -208,7 +132,7 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
   logging.info('Training %d steps (%d per epoch), global batch %d on %d '
                'devices, from step %d.', num_steps, steps_per_epoch,
                config.batch_size, jax.device_count(), start_step)
-  pending, interval_start, timed_from = [], time.time(), None
+  pending, timed_from = [], None
   step = start_step
   with _StopRequest() as stop:
     while step < num_steps:
@@ -277,7 +201,7 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
                               os.path.join(workdir, 'training_curves.png'))
   result = {**final, **baselines, 'step': step,
             'wall_time_s': time.time() - start_time}
-  write_result(workdir, f'knn_step{step}', {
+  metric_writer.write_result(workdir, f'knn_step{step}', {
       'metrics': result, 'checkpoint_step': step,
       'checkpoint_dir': checkpointing.checkpoint_dir(workdir),
       'config': config.to_dict()})

@@ -11,6 +11,10 @@ from byol_jax import config_lib
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', 'configs')
 ALL = sorted(glob.glob(os.path.join(CONFIG_DIR, '*.py')))
+EVAL_PREFIXES = ('linear_eval_', 'finetune_')
+PRETRAIN = [p for p in ALL if not os.path.basename(p).startswith(
+    EVAL_PREFIXES)]
+EVAL = [p for p in ALL if os.path.basename(p).startswith(EVAL_PREFIXES)]
 
 
 def load(name, arg=None):
@@ -19,13 +23,47 @@ def load(name, arg=None):
   return module.get_config(arg) if arg else module.get_config()
 
 
-@pytest.mark.parametrize('path', ALL, ids=os.path.basename)
+@pytest.mark.parametrize('path', PRETRAIN, ids=os.path.basename)
 def test_every_config_validates(path):
   c = load(os.path.basename(path))
   config_lib.validate(c, num_devices=8)
   assert c.dataset.name and c.batch_size % 8 == 0
   doc = cf._LoadConfigModule('x', path).__doc__
   assert 'python -m byol_jax.main --config=configs/' in doc
+
+
+@pytest.mark.parametrize('path', EVAL, ids=os.path.basename)
+def test_every_eval_config_validates(path):
+  name = os.path.basename(path)
+  mode = 'linear' if name.startswith('linear_eval_') else 'finetune'
+  c = load(name)
+  config_lib.validate_eval(c, mode, num_devices=8)
+  doc = cf._LoadConfigModule('x', path).__doc__
+  assert f'python -m byol_jax.evaluate --mode={mode}' in doc
+  assert c.optimizer.nesterov and c.optimizer.momentum == 0.9
+  assert c.optimizer.weight_decay == 0.0
+
+
+def test_linear_eval_and_finetune_protocol_rows():
+  c = load('linear_eval_imagenet.py')
+  assert (c.batch_size, c.num_epochs, c.augment.train, c.augment.crop_area,
+          c.dataset.eval_crop_fraction) == (1024, 80, True, (0.08, 1.0),
+                                            0.875)
+  one, ten = load('finetune_imagenet.py', 'percent=1'), load(
+      'finetune_imagenet.py', 'percent=10')
+  assert (one.subset.fraction, one.num_epochs) == (0.01, 30)
+  assert (ten.subset.fraction, ten.num_epochs) == (0.1, 50)
+  assert not load('linear_eval_fashion_mnist.py').augment.train  # Fast path.
+  assert load('linear_eval_fashion_mnist.py', 'augment=True').augment.train
+  c = load('linear_eval_fashion_mnist.py')
+  c.batch_size = 100
+  c.subset.fraction = 0.0
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.validate_eval(c, 'linear', num_devices=8)
+  assert 'batch_size=100 is not divisible' in str(e.value)
+  assert 'subset.fraction=0.0' in str(e.value)
+  with pytest.raises(config_lib.ConfigError, match="--mode='probe'"):
+    config_lib.validate_eval(c, 'probe', num_devices=8)
 
 
 def test_byol_imagenet_presets():

@@ -1,0 +1,28 @@
+r"""Linear evaluation on Fashion-MNIST: the CPU demo's encoder.
+
+  python -m byol_jax.evaluate --mode=linear \
+      --checkpoint=runs/byol_fashion_mnist \
+      --config=configs/linear_eval_fashion_mnist.py
+  # With BYOL's crop + flip training views (slower: the encoder runs on every
+  # step): --config=configs/linear_eval_fashion_mnist.py:augment=True
+
+BYOL's protocol (frozen encoder, BatchNorm in inference mode, SGD Nesterov
+momentum 0.9, cosine LR, no weight decay, 80 epochs) on the 28x28 images.
+By default without augmentation: the features are extracted once and the
+head trains on them (the fast path, seconds on CPU). Compare with the same
+encoder at random initialisation (`--checkpoint` of a run with
+--config.num_train_steps=... 0 steps is not possible; see docs/evaluation.md).
+"""
+
+from byol_jax import config_lib
+
+
+def get_config(arg=None):
+  args = config_lib.parse_arg(arg, augment=False)
+  c = config_lib.eval_base_config()
+  config_lib.use_dataset(c, 'fashion_mnist')
+  c.augment.update(dict(train=args.augment, crop_area=(0.8, 1.0)))
+  c.batch_size = 256
+  c.optimizer.base_lr = 0.2
+  c.log_every_steps = 2000
+  return c
