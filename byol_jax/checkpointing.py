@@ -18,6 +18,7 @@ from typing import Any, Iterator, Optional
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 # Config fields that define the shapes of the saved pytree.
 _SHAPE_FIELDS = ('model', 'dataset.num_classes', 'dataset.num_channels',
@@ -160,15 +161,17 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
 
 def resolve(path: str) -> tuple[str, Optional[int]]:
   """(checkpoints directory, step or None for the latest) from a run's
-  workdir, its checkpoints/ directory, or one step's directory in it."""
-  path = os.path.abspath(path.rstrip('/'))
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    return os.path.join(path, 'checkpoints'), None
-  base = os.path.basename(path)
-  if base.isdigit() and os.path.isdir(os.path.join(path, 'state')):
-    return os.path.dirname(path), int(base)
-  if os.path.isdir(path) and any(n.isdigit() for n in os.listdir(path)):
-    return path, None
+  workdir, its checkpoints/ directory, or one step's directory in it.
+  Local paths and object stores (gs://...) alike."""
+  p = epath.Path(path.rstrip('/'))
+  if '://' not in path:
+    p = epath.Path(os.path.abspath(p))
+  if (p / 'checkpoints').is_dir():
+    return str(p / 'checkpoints'), None
+  if p.name.isdigit() and (p / 'state').is_dir():
+    return str(p.parent), int(p.name)
+  if p.is_dir() and any(c.name.isdigit() for c in p.iterdir()):
+    return str(p), None
   raise FileNotFoundError(
       f'No checkpoint at {path}: pass a pretraining --workdir, its '
       'checkpoints/ directory, or one step directory such as '

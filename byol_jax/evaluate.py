@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import tensorflow as tf
 from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -232,6 +233,9 @@ def _feature_batches(features: np.ndarray, labels: np.ndarray,
     yield {'image': features[index], 'label': labels[index]}
 
 
+_MAX_STEPS_AHEAD = 32
+
+
 def _fit(config, state, step_fn, frozen, batches, total: int, mesh, writer
          ) -> classifier.ClassifierState:
   """Runs the classifier step to `total` steps, logging every
@@ -241,6 +245,10 @@ def _fit(config, state, step_fn, frozen, batches, total: int, mesh, writer
     batch = train_step.shard_batch(next(batches), mesh)
     state, metrics = step_fn(state, frozen, batch)
     pending.append(metrics)
+    if len(pending) % _MAX_STEPS_AHEAD == 0:
+      # Bounds the dispatched-but-unfinished steps (and their batches in
+      # memory): thousands of tiny fast-path steps would otherwise queue up.
+      jax.block_until_ready(metrics)
     if (step + 1) % config.log_every_steps == 0 or step + 1 == total:
       host = jax.device_get(pending)
       summary = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
@@ -408,7 +416,7 @@ def run(config: Optional[ml_collections.ConfigDict], mode: str,
   train_source = input_pipeline.load_source(d, d.train_split)
   eval_source = input_pipeline.load_source(d, d.eval_split)
   model = ml_collections.ConfigDict(saved['model'])
-  workdir = os.path.dirname(directory)
+  workdir = os.path.dirname(directory.rstrip('/'))
   name = result_name(config, mode, step)
   if random_init:
     variables = _initial_variables(saved, mesh)
@@ -459,14 +467,10 @@ def _initial_variables(saved: dict, mesh):
 def _unique_dir(path: str) -> str:
   """`path`, or path.2, path.3, ...: the first that does not exist yet."""
   candidate, i = path, 1
-  while True:
-    try:
-      if jax.process_index() == 0:
-        os.makedirs(candidate)
-      return candidate
-    except FileExistsError:
-      i += 1
-      candidate = f'{path}.{i}'
+  while tf.io.gfile.exists(candidate):
+    i += 1
+    candidate = f'{path}.{i}'
+  return candidate
 
 
 def _define_flags():

@@ -1,10 +1,14 @@
-"""Metrics out of the train loop: JSON lines, TensorBoard scalars, a PNG plot.
+"""Metrics out of the train loop: JSON lines, TensorBoard scalars, a PNG plot,
+and result files.
 
-Only process 0 writes (multi-host runs call this on every process).
+Only process 0 writes (multi-host runs call this on every process). Files go
+through tf.io.gfile, so a workdir may be local, NFS or an object store
+(gs://...).
 """
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import os
@@ -12,26 +16,44 @@ from typing import Any, Mapping
 
 import jax
 import numpy as np
+import tensorflow as tf
 
 
 def write_result(workdir: str, name: str, record: Mapping[str, Any]) -> str:
   """Writes <workdir>/results/<name>.json (then <name>.2.json, ...): never
-  overwrites an earlier result, even with runs finishing at once (O_EXCL).
-  Returns the path (process 0 writes; other processes return '')."""
+  overwrites an earlier result; locally even with runs finishing at once
+  (O_EXCL). Returns the path (process 0 writes; other processes return '')."""
   if jax.process_index() != 0:
     return ''
   out_dir = os.path.join(workdir, 'results')
-  os.makedirs(out_dir, exist_ok=True)
+  tf.io.gfile.makedirs(out_dir)
+  text = json.dumps(record, indent=2)
   for i in itertools.count(1):
     path = os.path.join(out_dir, f'{name}.json' if i == 1
                         else f'{name}.{i}.json')
+    if '://' in path:  # Object stores have no exclusive create.
+      if tf.io.gfile.exists(path):
+        continue
+      with tf.io.gfile.GFile(path, 'w') as f:
+        f.write(text)
+      return path
     try:
       fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
     except FileExistsError:
       continue
     with os.fdopen(fd, 'w') as f:
-      json.dump(record, f, indent=2)
+      f.write(text)
     return path
+
+
+def _append(path: str, text: str) -> None:
+  if '://' in path:  # Object stores cannot append: rewrite (a small file).
+    old = tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else ''
+    with tf.io.gfile.GFile(path, 'w') as f:
+      f.write(old + text)
+  else:
+    with open(path, 'a') as f:
+      f.write(text)
 
 
 class MetricWriter:
@@ -43,18 +65,15 @@ class MetricWriter:
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self._tb = None
     if self.enabled:
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-      os.makedirs(workdir, exist_ok=True)
+      tf.io.gfile.makedirs(workdir)
       self._tb = tf.summary.create_file_writer(
           os.path.join(workdir, 'tensorboard'))
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
       return
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
     record = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
-    with open(self.path, 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    _append(self.path, json.dumps(record) + '\n')
     with self._tb.as_default(step=int(step)):
       for k, v in scalars.items():
         tf.summary.scalar(k, float(v))
@@ -66,7 +85,7 @@ class MetricWriter:
 
 
 def read_metrics(path: str) -> list[dict]:
-  with open(path) as f:
+  with tf.io.gfile.GFile(path) as f:
     return [json.loads(line) for line in f if line.strip()]
 
 
@@ -94,5 +113,8 @@ def plot_curves(metrics_path: str, out_path: str) -> None:
     if len(keys) > 1:
       ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(out_path, dpi=90)
+  png = io.BytesIO()
+  fig.savefig(png, format='png', dpi=90)
   plt.close(fig)
+  with tf.io.gfile.GFile(out_path, 'wb') as f:
+    f.write(png.getvalue())

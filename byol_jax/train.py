@@ -92,7 +92,6 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
   mesh = train_step.make_mesh()
   image_shape = (d.image_size, d.image_size, d.num_channels)
 
-  os.makedirs(workdir, exist_ok=True)
   manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
   state = train_step.init_state(
       jax.random.key(config.seed), network, optimizer, image_shape,

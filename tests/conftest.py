@@ -1,10 +1,22 @@
-"""Test setup: 8 virtual CPU devices, before anything imports JAX."""
+"""Test setup: 8 virtual CPU devices, before anything imports JAX; one XLA
+compilation cache for the session."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '')
                            + ' --xla_force_host_platform_device_count=8')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# The command-line tests start many processes that compile the same train
+# step; JAX's persistent cache (read by every process, through the
+# environment) compiles it once: a CLI run drops from ~75 s to ~25 s. Fresh
+# for every session, so no test depends on an earlier session's state.
+_XLA_CACHE = tempfile.mkdtemp(prefix='byol_jax_test_xla_cache_')
+atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+os.environ['JAX_COMPILATION_CACHE_DIR'] = _XLA_CACHE
+os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
 
 import chex  # noqa: E402
 import jax  # noqa: E402

@@ -86,9 +86,11 @@ def test_linear_head_reaches_100_percent_on_separable_features(devices):
   state = train_step.replicate(classifier.init_state(
       jax.random.key(0), 4, 16, optimizer), mesh)
   batches = evaluate._feature_batches(feats, labels, 64, seed=0)
-  for _ in range(200):
+  for i in range(200):
     state, metrics = step(state, None, train_step.shard_batch(next(batches),
                                                               mesh))
+    if i % 20 == 0:  # A bounded queue, as in evaluate._fit.
+      jax.block_until_ready(metrics)
   assert float(metrics['train_top1']) == 1.0
   predict = evaluate._sharded_predict(mesh, None, 4)
   logits = np.asarray(predict(state, None, test)['logits'])
@@ -202,7 +204,8 @@ import sys  # noqa: E402
 
 from ml_collections.config_flags import config_flags as cf  # noqa: E402
 
-from byol_jax import config_lib, train  # noqa: E402
+import test_main  # noqa: E402
+from byol_jax import config_lib  # noqa: E402
 from test_input_pipeline import write_fake_fashion_mnist  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
@@ -222,18 +225,14 @@ def _config(name, **overrides):
 
 @pytest.fixture(scope='module')
 def pretrained(tmp_path_factory):
-  """A 2-step pretraining run of a tiny ResNet-18 on fake Fashion-MNIST
-  (64 train, 21 test images: not a multiple of the eval batch)."""
+  """A 4-step pretraining run of a tiny ResNet-18 on fake Fashion-MNIST
+  (64 train, 21 test images: not a multiple of the eval batch), from the
+  command line with test_main's flags (so it shares their compilations)."""
   idx = tmp_path_factory.mktemp('fmnist')
   write_fake_fashion_mnist(idx, n_train=64, n_test=21)
-  c = _config('byol_fashion_mnist.py', **{
-      'dataset.idx_dir': str(idx), 'model.width': 1 / 16,
-      'model.projector_hidden': (16,), 'model.predictor_hidden': (16,),
-      'model.projection_dim': 8, 'batch_size': 16, 'eval.batch_size': 16,
-      'num_train_steps': 2, 'optimizer.warmup_epochs': 0.0,
-      'eval.knn_k': 20, 'eval.knn_k_small': 5, 'eval.baselines': False})
   workdir = tmp_path_factory.mktemp('pretrain') / 'run'
-  train.train_and_evaluate(c, str(workdir))
+  r = test_main._cli(workdir, idx, '--config.num_train_steps=4')
+  assert r.returncode == 0, r.stderr[-3000:]
   return workdir, idx
 
 
@@ -253,33 +252,33 @@ def test_protocols_write_results_and_never_touch_the_checkpoint(pretrained):
   before = _files(workdir / 'checkpoints')
   lin = evaluate.run(_eval_config('linear_eval_fashion_mnist.py', idx),
                      'linear', str(workdir))
-  assert lin['checkpoint_step'] == 2 and lin['metrics']['top5'] >= lin[
+  assert lin['checkpoint_step'] == 4 and lin['metrics']['top5'] >= lin[
       'metrics']['top1']
   assert lin['metrics']['num_test_examples'] == 21  # Each test image once.
-  saved = json.load(open(workdir / 'results/linear_step2.json'))
+  saved = json.load(open(workdir / 'results/linear_step4.json'))
   assert saved['metrics'] == lin['metrics'] and saved['mode'] == 'linear'
   assert saved['config']['optimizer']['nesterov'] is True
   assert saved['pretrain_config']['model']['depth'] == 18
   # 2 epochs of 64 // 16 steps, logged every 4.
   logged = [json.loads(l) for l in open(
-      workdir / 'eval/linear_step2/metrics.jsonl')]
+      workdir / 'eval/linear_step4/metrics.jsonl')]
   assert [r['step'] for r in logged] == [4, 8]
 
   # Augmented path, from a step directory: a second result, not overwritten.
   aug = evaluate.run(_eval_config('linear_eval_fashion_mnist.py', idx, **{
-      'augment.train': True}), 'linear', str(workdir / 'checkpoints' / '2'))
-  assert (workdir / 'results/linear_step2.2.json').exists()
+      'augment.train': True}), 'linear', str(workdir / 'checkpoints' / '4'))
+  assert (workdir / 'results/linear_step4.2.json').exists()
   assert aug['metrics']['num_test_examples'] == 21
-  assert json.load(open(workdir / 'results/linear_step2.json')) == saved
+  assert json.load(open(workdir / 'results/linear_step4.json')) == saved
 
   ft = evaluate.run(_eval_config('finetune_fashion_mnist.py', idx, **{
       'subset.fraction': 0.5}), 'finetune', str(workdir))
-  assert (workdir / 'results/finetune_50pct_step2.json').exists()
+  assert (workdir / 'results/finetune_50pct_step4.json').exists()
   assert 0.0 <= ft['metrics']['top1'] <= 1.0
 
   knn = evaluate.run(None, 'knn', str(workdir))  # The run's own settings.
   assert set(knn['metrics']) == {'knn_top1_k20', 'knn_top1_k5'}
-  assert (workdir / 'results/knn_step2.2.json').exists()  # Training's kept.
+  assert (workdir / 'results/knn_step4.2.json').exists()  # Training's kept.
 
   rand = evaluate.run(_eval_config('linear_eval_fashion_mnist.py', idx),
                       'linear', str(workdir), random_init=True)
@@ -309,9 +308,9 @@ def test_evaluate_command_line(pretrained):
        f'--config.dataset.idx_dir={idx}', '--config.batch_size=16',
        '--config.eval.batch_size=16', '--config.num_epochs=1'],
       cwd=ROOT, capture_output=True, text=True, timeout=300,
-      env=dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=''))
+      env=test_main._cli_env())
   assert r.returncode == 0, r.stderr[-3000:]
-  assert 'linear evaluation of step 2 on fashion_mnist: top1' in r.stdout
-  assert 'RESULT linear step 2' in r.stderr
+  assert 'linear evaluation of step 4 on fashion_mnist: top1' in r.stdout
+  assert 'RESULT linear step 4' in r.stderr
   path = r.stdout.strip().rsplit('written to ', 1)[1]
-  assert json.load(open(path))['checkpoint_step'] == 2
+  assert json.load(open(path))['checkpoint_step'] == 4

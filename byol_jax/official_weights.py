@@ -1,0 +1,317 @@
+"""DeepMind's released BYOL checkpoints (Haiku), loaded safely into our flax
+networks.
+
+The files (`pretrain_res50x1.pkl`, `pretrain_res200x2.pkl`, the 300-epoch
+ablations) are pickles (dill, protocol 2) of
+
+  dict(experiment_state=_ByolExperimentState(online_params, target_params,
+       online_state, target_state, opt_state), step=..., rng=...)
+
+with Haiku parameter dicts ('res_net50/~/block_group_0/~/block_0/~/conv_0'
+-> {'w': HWIO}; BatchNorm 'scale' / 'offset' of shape (1, 1, 1, C)) and
+BatchNorm statistics in the state under '<bn>/~/mean_ema' / 'var_ema'
+{'average', 'hidden', 'counter'} (inference uses 'average').
+
+A pickle can run any code while it loads. `load_pickle` never imports what a
+file names: it rebuilds numpy arrays and plain containers, gives every class
+of the byol / haiku / optax / jax modules an inert stand-in, and refuses
+everything else (os.system, builtins.eval, ...) with `UnsafePickleError`.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import pickle
+import re
+from typing import Any, BinaryIO, Mapping
+
+import ml_collections
+import numpy as np
+
+from byol_jax import networks
+
+# Modules whose classes may appear in the official files: they get stand-ins
+# (never imported). Anything outside these and the numpy / container
+# reconstructors below is refused.
+_STAND_IN_MODULES = ('byol', 'haiku', 'optax', 'jax', 'jaxlib', 'chex',
+                     'tree', '__main__')
+
+# Field names of the named tuples pickled by reference (positional args).
+_KNOWN_FIELDS = {
+    '_ByolExperimentState': ('online_params', 'target_params', 'online_state',
+                             'target_state', 'opt_state'),
+}
+
+
+class UnsafePickleError(pickle.UnpicklingError):
+  """The file asks to run something other than rebuilding data."""
+
+
+class StandIn(dict):
+  """Inert replacement for a class a pickle references: it records its
+  constructor arguments (`args`), its state (`state`), and, for mappings,
+  its items (it is a dict). Nothing of the original class runs."""
+  _module = ''
+  _name = ''
+
+  def __new__(cls, *args, **kwargs):
+    obj = super().__new__(cls)
+    obj.args, obj.state = args, kwargs or None
+    return obj
+
+  def __init__(self, *args, **kwargs):  # pylint: disable=super-init-not-called
+    del args, kwargs
+
+  def __setstate__(self, state):
+    self.state = state
+
+  def __repr__(self):
+    return f'<stand-in {self._module}.{self._name} args={len(self.args)}>'
+
+
+def _stand_in(module: str, name: str) -> type:
+  return type(name, (StandIn,), {'_module': module, '_name': name,
+                                 '__module__': 'byol_jax.official_weights'})
+
+
+def _namedtuple(name, fieldnames, modulename=None, defaults=None):
+  """dill's `_create_namedtuple` (namedtuples pickled by value)."""
+  del defaults
+  cls = _stand_in(modulename or '', name)
+  cls._fields = tuple(fieldnames)  # pylint: disable=protected-access
+  return cls
+
+
+def _jax_array(fun, args, arr_state, aval_state):
+  """jax.Array's pickle reconstructor, as a numpy array."""
+  del aval_state
+  value = fun(*args)
+  value.__setstate__(arr_state)
+  return value
+
+
+_ALLOWED = {
+    ('numpy.core.multiarray', '_reconstruct'): np.core.multiarray._reconstruct,  # pylint: disable=protected-access
+    ('numpy._core.multiarray', '_reconstruct'): np.core.multiarray._reconstruct,  # pylint: disable=protected-access
+    ('numpy.core.multiarray', 'scalar'): np.core.multiarray.scalar,
+    ('numpy._core.multiarray', 'scalar'): np.core.multiarray.scalar,
+    ('numpy', 'ndarray'): np.ndarray,
+    ('numpy', 'dtype'): np.dtype,
+    ('collections', 'OrderedDict'): collections.OrderedDict,
+    ('builtins', 'dict'): dict, ('builtins', 'list'): list,
+    ('builtins', 'tuple'): tuple, ('builtins', 'set'): set,
+    ('builtins', 'frozenset'): frozenset, ('builtins', 'object'): object,
+    ('__builtin__', 'object'): object, ('copyreg', '_reconstructor'): None,
+    ('copy_reg', '_reconstructor'): None,
+    ('dill._dill', '_create_namedtuple'): _namedtuple,
+    ('jax._src.array', '_reconstruct_array'): _jax_array,
+    ('_codecs', 'encode'): None,
+}
+
+
+def _latin1(text, encoding='latin1'):
+  """_codecs.encode as protocol 2 uses it for bytes: latin-1 only."""
+  if encoding not in ('latin1', 'latin-1'):
+    raise UnsafePickleError(f'_codecs.encode with {encoding!r} refused.')
+  return text.encode('latin1')
+
+
+def _reconstructor(cls, base, state):
+  """copyreg._reconstructor, for stand-ins and plain bases only."""
+  if not (isinstance(cls, type) and issubclass(cls, StandIn)) or base not in (
+      object, dict):
+    raise UnsafePickleError(f'copyreg._reconstructor of {cls!r} refused.')
+  obj = StandIn.__new__(cls)
+  if state is not None:
+    obj.state = state
+  return obj
+
+
+class _RestrictedUnpickler(pickle.Unpickler):
+
+  def find_class(self, module, name):
+    key = (module, name)
+    if key == ('_codecs', 'encode'):
+      return _latin1
+    if key in _ALLOWED:
+      return _ALLOWED[key] or _reconstructor
+    # Classes (CamelCase) of the known libraries get stand-ins; their
+    # functions do not (a pickle can call any function it names).
+    if (module.split('.')[0] in _STAND_IN_MODULES
+        and re.fullmatch(r'_?[A-Z][A-Za-z0-9_]*', name)):
+      return _stand_in(module, name)
+    raise UnsafePickleError(
+        f'Refusing to load {module}.{name}: this file asks to call or build '
+        'something other than arrays and containers, which could run code. '
+        'Official BYOL checkpoints never do; get the file from its source '
+        '(https://github.com/deepmind/deepmind-research/tree/master/byol).')
+
+
+def load_pickle(f: BinaryIO | bytes) -> Any:
+  """Unpickles a checkpoint without executing code from it."""
+  if isinstance(f, (bytes, bytearray)):
+    f = io.BytesIO(f)
+  return _RestrictedUnpickler(f).load()
+
+
+def _plain(obj):
+  """Stand-ins and containers -> dicts / tuples / numpy arrays."""
+  if isinstance(obj, StandIn):
+    fields = getattr(obj, '_fields', None) or _KNOWN_FIELDS.get(obj._name)  # pylint: disable=protected-access
+    if len(obj):  # A mapping (items set through SETITEMS).
+      return {k: _plain(v) for k, v in obj.items()}
+    if fields and len(obj.args) == len(fields):
+      return {f: _plain(a) for f, a in zip(fields, obj.args)}
+    if len(obj.args) == 1 and isinstance(obj.args[0], Mapping):
+      return _plain(obj.args[0])
+    if isinstance(obj.state, Mapping):
+      inner = [v for v in obj.state.values() if isinstance(v, Mapping)]
+      return _plain(inner[0]) if len(inner) == 1 else _plain(dict(obj.state))
+    return tuple(_plain(a) for a in obj.args)
+  if isinstance(obj, Mapping):
+    return {k: _plain(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return type(obj)(_plain(v) for v in obj) if not hasattr(
+        obj, '_fields') else tuple(_plain(v) for v in obj)
+  return obj
+
+
+def read_checkpoint(path: str) -> dict:
+  """The file's content as plain dicts of numpy arrays:
+  {'experiment_state': {'online_params', 'online_state', ...}, 'step', ...}."""
+  with open(path, 'rb') as f:
+    data = _plain(load_pickle(f))
+  if not isinstance(data, dict) or 'experiment_state' not in data:
+    raise ValueError(f'{path} is not an official BYOL checkpoint (no '
+                     'experiment_state).')
+  state = data['experiment_state']
+  if not isinstance(state, dict) or 'online_params' not in state:
+    raise ValueError(f'{path}: experiment_state has no online_params.')
+  return data
+
+
+_RESNET = re.compile(r'res_net(\d+)')
+_BLOCK = re.compile(r'block_group_(\d+)/~/block_(\d+)/~/(\w+)')
+
+
+def infer_model(params: Mapping[str, Any]) -> ml_collections.ConfigDict:
+  """Depth and width of the encoder, and head sizes, from the Haiku tree."""
+  names = list(params)
+  depths = {int(m.group(1)) for n in names for m in [_RESNET.match(n)] if m}
+  if len(depths) != 1:
+    raise ValueError(f'Expected one res_netN encoder, found {sorted(depths)}.')
+  depth = depths.pop()
+  prefix = f'res_net{depth}/~/'
+  stem = next(n for n in names if n.startswith(prefix + 'initial_conv'))
+  width = params[stem]['w'].shape[-1] / 64
+  proj = params['projector/linear']['w'].shape[1]
+  out = params['projector/linear_1']['w'].shape[1]
+  pred = params.get('predictor/linear', {}).get('w')
+  return ml_collections.ConfigDict(dict(
+      depth=depth, width=width, stem='imagenet', head='byol',
+      projector_hidden=(proj,), predictor_hidden=(
+          pred.shape[1] if pred is not None else proj,),
+      projection_dim=out, use_predictor=pred is not None,
+      compute_dtype='float32'))
+
+
+def _bn_name(haiku: str) -> str:
+  if haiku == 'shortcut_batchnorm':
+    return 'shortcut_bn'
+  return 'BatchNorm_' + haiku.rsplit('_', 1)[1]
+
+
+def _conv_name(haiku: str) -> str:
+  if haiku == 'shortcut_conv':
+    return 'shortcut_conv'
+  return 'Conv_' + haiku.rsplit('_', 1)[1]
+
+
+def _flax_path(module: str, depth: int) -> tuple[str, ...]:
+  """Haiku module name -> our flax module path (without the leaf)."""
+  prefix = f'res_net{depth}/~/'
+  if module.startswith(prefix):
+    rest = module[len(prefix):]
+    if rest.startswith('initial_conv'):
+      return ('encoder', 'stem_conv')
+    if rest == 'initial_batchnorm':
+      return ('encoder', 'stem_bn')
+    m = _BLOCK.fullmatch(rest)
+    if m:
+      group, block, layer = int(m.group(1)), int(m.group(2)), m.group(3)
+      name = _bn_name(layer) if 'batchnorm' in layer else _conv_name(layer)
+      return ('encoder', f'stage{group + 1}_block{block + 1}', name)
+  head = {'linear': 'linear1', 'batch_norm': 'bn1', 'linear_1': 'linear_out'}
+  for net in ('projector', 'predictor'):
+    if module.startswith(net + '/') and module[len(net) + 1:] in head:
+      return (net, head[module[len(net) + 1:]])
+  if module == 'classifier':
+    return ('probe',)
+  raise ValueError(f'Unknown module {module!r} in the official checkpoint.')
+
+
+_LEAF = {'w': 'kernel', 'b': 'bias', 'scale': 'scale', 'offset': 'bias'}
+
+
+def _set(tree: dict, path, value):
+  for p in path[:-1]:
+    tree = tree.setdefault(p, {})
+  tree[path[-1]] = value
+
+
+def convert(params: Mapping[str, Any], state: Mapping[str, Any],
+            depth: int) -> dict:
+  """Haiku params + state -> our flax variables {'params', 'batch_stats'}
+  (BatchNorm scale/offset/statistics reshaped from (1, ..., C) to (C,))."""
+  out = {'params': {}, 'batch_stats': {}}
+  for module, leaves in params.items():
+    path = _flax_path(module, depth)
+    for leaf, value in leaves.items():
+      value = np.asarray(value, np.float32)
+      if leaf in ('scale', 'offset'):
+        value = value.reshape(-1)
+      _set(out['params'], path + (_LEAF[leaf],), value)
+  for name, ema in state.items():
+    module, stat = name.rsplit('/~/', 1)
+    if stat not in ('mean_ema', 'var_ema'):
+      continue
+    _set(out['batch_stats'], _flax_path(module, depth)
+         + ('mean' if stat == 'mean_ema' else 'var',),
+         np.asarray(ema['average'], np.float32).reshape(-1))
+  return out
+
+
+def load(path: str, which: str = 'online'
+         ) -> tuple[ml_collections.ConfigDict, dict, int]:
+  """(model config, flax variables of our SSLNetwork, training step) of an
+  official checkpoint; `which` is 'online' or 'target' (the target has no
+  predictor or classifier).
+
+  The final projector / predictor layers have no bias in the official code;
+  ours do, and get zero biases (the same function).
+  """
+  data = read_checkpoint(path)
+  state = data['experiment_state']
+  params, bn_state = state[f'{which}_params'], state[f'{which}_state']
+  model = infer_model(state['online_params'])
+  variables = convert(params, bn_state, model.depth)
+  if which == 'target':  # No predictor; no classifier: a zero probe.
+    model.use_predictor = False
+    classes = state['online_params']['classifier']['w'].shape
+    variables['params']['probe'] = {
+        'kernel': np.zeros(classes, np.float32),
+        'bias': np.zeros(classes[1:], np.float32)}
+  for net in ('projector', 'predictor'):
+    layer = variables['params'].get(net, {}).get('linear_out')
+    if layer is not None and 'bias' not in layer:
+      layer['bias'] = np.zeros(layer['kernel'].shape[1], np.float32)
+  step = int(np.asarray(data.get('step', 0)))
+  return model, variables, step
+
+
+def build(model: ml_collections.ConfigDict, variables: dict
+          ) -> networks.SSLNetwork:
+  """Our network for converted variables (ImageNet: 1000 classes)."""
+  num_classes = variables['params']['probe']['kernel'].shape[1]
+  return networks.build_network(model, num_classes)
