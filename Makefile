@@ -8,7 +8,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 WORKDIR ?= runs/byol_fashion_mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-slow setup data clean bench-input
+.PHONY: demo test test-slow test-torch setup data clean bench-input bench-step
 
 demo: setup data
 	$(PY) -m byol_jax.main --config=configs/byol_fashion_mnist.py --workdir=$(WORKDIR)
@@ -43,8 +43,17 @@ BENCH_VENV ?= .venv-bench
 $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/python -m pip install -q --upgrade pip
-	$(BENCH_VENV)/bin/python -m pip install -q -e . torch==2.14.1 torchvision==0.29.1
+	$(BENCH_VENV)/bin/python -m pip install -q -e '.[test]' torch==2.14.1 torchvision==0.29.1
 	touch $@
+
+# The tests that need torch (torchvision ResNet-50 loaded from our export
+# gives our features); skipped by `make test`.
+test-torch: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python -m pytest -q tests/test_export.py
 
 bench-input: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python benchmarks/input_pipeline.py
+
+# Train-step images/s, byol_jax vs. the PyTorch reference of the same step.
+bench-step: $(BENCH_VENV)/.installed
+	$(BENCH_VENV)/bin/python benchmarks/train_step.py

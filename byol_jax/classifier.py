@@ -24,7 +24,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from byol_jax import networks, optim
 from byol_jax.train_step import AXIS
@@ -159,4 +159,5 @@ def make_predict(mesh: Mesh, *, encoder: Optional[nn.Module],
         {'params': state.params['head']}, feats)}
   mapped = jax.shard_map(predict, mesh=mesh, in_specs=(P(), P(), P(AXIS)),
                          out_specs=P(AXIS))
-  return jax.jit(mapped)
+  # Gathered, so every process can read all logits (multi-host).
+  return jax.jit(mapped, out_shardings=NamedSharding(mesh, P()))

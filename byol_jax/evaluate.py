@@ -36,7 +36,7 @@ from ml_collections import config_flags
 
 from byol_jax import (augment, checkpointing, classifier, cli, config_lib,
                       input_pipeline, losses, metric_writer, networks,
-                      train_step)
+                      official_weights, train_step)
 
 
 def _sharded(forward, mesh: Optional[Mesh]):
@@ -397,9 +397,7 @@ def run(config: Optional[ml_collections.ConfigDict], mode: str,
   record."""
   start = time.time()
   mesh = train_step.make_mesh()
-  directory, _ = checkpointing.resolve(checkpoint)
-  saved, variables, step = checkpointing.load_pretrained(
-      checkpoint, NamedSharding(mesh, P()))
+  directory, saved, variables, step = _load(checkpoint, mesh)
   if config is None:
     if mode != 'knn':
       raise config_lib.ConfigError(f'--mode={mode} needs --config (e.g. '
@@ -451,6 +449,24 @@ def run(config: Optional[ml_collections.ConfigDict], mode: str,
   return record
 
 
+def _load(checkpoint: str, mesh):
+  """(checkpoints directory, pretraining config, online variables, step) of
+  a pretraining checkpoint or an official BYOL .pkl (ImageNet, 224 px)."""
+  if checkpoint.endswith('.pkl'):
+    model, variables, step = official_weights.load(checkpoint)
+    saved = config_lib.base_config()
+    saved.model = model
+    saved.dataset.num_classes = variables['params']['probe'][
+        'kernel'].shape[1]
+    return (os.path.join(os.path.dirname(os.path.abspath(checkpoint)),
+                         'checkpoints'), saved.to_dict(),
+            train_step.replicate(variables, mesh), step)
+  directory, _ = checkpointing.resolve(checkpoint)
+  saved, variables, step = checkpointing.load_pretrained(
+      checkpoint, NamedSharding(mesh, P()))
+  return directory, saved, variables, step
+
+
 def _initial_variables(saved: dict, mesh):
   """The online network as the pretraining run initialised it (same seed
   and key split as train_step.init_state)."""
@@ -480,7 +496,8 @@ def _define_flags():
                     'The protocol to run.')
   flags.DEFINE_string(
       'checkpoint', None, 'A pretraining --workdir, its checkpoints/ '
-      'directory, or one step directory (default: the latest step).')
+      'directory, one step directory (default: the latest step), or an '
+      'official BYOL .pkl file (results go next to it).')
   config_flags.DEFINE_config_file(
       'config', None, 'Evaluation config (configs/linear_eval_*.py, '
       'configs/finetune_*.py); optional for --mode=knn.', lock_config=True)

@@ -206,7 +206,6 @@ from ml_collections.config_flags import config_flags as cf  # noqa: E402
 
 import test_main  # noqa: E402
 from byol_jax import config_lib  # noqa: E402
-from test_input_pipeline import write_fake_fashion_mnist  # noqa: E402
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 
@@ -221,19 +220,6 @@ def _config(name, **overrides):
       node = node[p]
     node[leaf] = value
   return c
-
-
-@pytest.fixture(scope='module')
-def pretrained(tmp_path_factory):
-  """A 4-step pretraining run of a tiny ResNet-18 on fake Fashion-MNIST
-  (64 train, 21 test images: not a multiple of the eval batch), from the
-  command line with test_main's flags (so it shares their compilations)."""
-  idx = tmp_path_factory.mktemp('fmnist')
-  write_fake_fashion_mnist(idx, n_train=64, n_test=21)
-  workdir = tmp_path_factory.mktemp('pretrain') / 'run'
-  r = test_main._cli(workdir, idx, '--config.num_train_steps=4')
-  assert r.returncode == 0, r.stderr[-3000:]
-  return workdir, idx
 
 
 def _eval_config(name, idx, **overrides):

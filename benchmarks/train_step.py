@@ -1,0 +1,185 @@
+r"""BYOL / SimSiam train-step throughput: byol_jax vs. a PyTorch reference of
+the same step (benchmarks/torch_reference.py), side by side in one run.
+
+  make bench-step                 # both cases, both methods
+  .venv-bench/bin/python benchmarks/train_step.py --cases=r18_32 --steps=3
+
+Cases (issue #8): ResNet-18 with the small-image stem at 32x32, batch 256;
+ResNet-50 at 224x224, batch 32. Each (framework, case, method) runs in its
+own child process on synthetic images (no input pipeline), all cores, and
+reports images/s over `--steps` timed steps after one warm-up step, the
+first step's time (JAX: trace + compile), peak resident memory (ru_maxrss),
+and for JAX the step's FLOPs (XLA cost analysis) as a fraction of the
+machine's float32 matmul peak measured in the same child.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+CASES = {
+    # name: (depth, stem, image size, batch)
+    'r18_32': (18, 'small', 32, 256),
+    'r50_224': (50, 'imagenet', 224, 32),
+}
+HEADS = {  # (projector hidden, predictor hidden, output), our configs.
+    ('byol', 'r18_32'): ((4096,), (4096,), 256),
+    ('byol', 'r50_224'): ((4096,), (4096,), 256),
+    ('simsiam', 'r18_32'): ((2048,), (512,), 2048),
+    ('simsiam', 'r50_224'): ((2048, 2048), (512,), 2048),
+}
+
+
+def _peak_rss_mb() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_jax(case: str, method: str, steps: int) -> dict:
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from byol_jax import config_lib, networks, optim, train_step  # pylint: disable=g-import-not-at-top
+
+  depth, stem, size, batch = CASES[case]
+  proj, pred, out = HEADS[(method, case)]
+  c = config_lib.base_config()
+  if method == 'simsiam':
+    c = config_lib.simsiam_overrides(c)
+  c.model.update(dict(depth=depth, width=1.0, stem=stem,
+                      projector_hidden=proj, predictor_hidden=pred,
+                      projection_dim=out))
+  network = networks.build_network(c.model, 10,
+                                   bn_axis_name=train_step.AXIS)
+  lr = optim.learning_rate_schedule(0.2, 1000, 0)
+  optimizer = optim.with_probe_optimizer(
+      optim.build_optimizer(c.optimizer, lr, 0.2), c.probe)
+  mesh = train_step.make_mesh(jax.local_devices()[:1])
+  state = train_step.replicate(train_step.init_state(
+      jax.random.key(0), network, optimizer, (size, size, 3),
+      use_target=c.target.use), mesh)
+  step = train_step.make_train_step(
+      mesh, network=network, optimizer=optimizer, lr_schedule=lr,
+      tau_schedule=optim.tau_schedule(0.99, 1000), loss_config=c.loss)
+  rng = np.random.RandomState(0)
+  batch_ = train_step.shard_batch({
+      'view1': rng.randn(batch, size, size, 3).astype(np.float32),
+      'view2': rng.randn(batch, size, size, 3).astype(np.float32),
+      'label': rng.randint(0, 10, batch).astype(np.int32)}, mesh)
+  key = train_step.replicate(jax.random.key(1), mesh)
+
+  t0 = time.perf_counter()
+  compiled = step.lower(state, batch_, key).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  flops = float(cost.get('flops', float('nan'))) if cost else float('nan')
+  t0 = time.perf_counter()
+  state, metrics = compiled(state, batch_, key)
+  jax.block_until_ready(metrics)
+  first_s = compile_s + time.perf_counter() - t0
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, metrics = compiled(state, batch_, key)
+  jax.block_until_ready(metrics)
+  dt = (time.perf_counter() - t0) / steps
+
+  a = jnp.ones((2048, 2048), jnp.float32)
+  mm = jax.jit(lambda a: a @ a)
+  jax.block_until_ready(mm(a))
+  t0 = time.perf_counter()
+  for _ in range(10):
+    r = mm(a)
+  jax.block_until_ready(r)
+  peak = 10 * 2 * 2048**3 / (time.perf_counter() - t0)
+  return {'images_per_s': batch / dt, 'step_s': dt, 'first_step_s': first_s,
+          'peak_rss_mb': _peak_rss_mb(), 'gflop_per_step': flops / 1e9,
+          'achieved_gflops': flops / dt / 1e9,
+          'matmul_peak_gflops': peak / 1e9,
+          'loss': float(metrics['loss'])}
+
+
+def run_torch(case: str, method: str, steps: int) -> dict:
+  import torch  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  import torch_reference  # pylint: disable=g-import-not-at-top
+
+  torch.set_num_threads(os.cpu_count())
+  torch.manual_seed(0)
+  depth, stem, size, batch = CASES[case]
+  proj, pred, out = HEADS[(method, case)]
+  step = torch_reference.Step(method, depth, stem, proj, pred, out)
+  g = torch.Generator().manual_seed(0)
+  v1 = torch.randn(batch, 3, size, size, generator=g)
+  v2 = torch.randn(batch, 3, size, size, generator=g)
+  labels = torch.randint(0, 10, (batch,), generator=g)
+  t0 = time.perf_counter()
+  loss = step(v1, v2, labels)
+  first_s = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    loss = step(v1, v2, labels)
+  dt = (time.perf_counter() - t0) / steps
+  return {'images_per_s': batch / dt, 'step_s': dt, 'first_step_s': first_s,
+          'peak_rss_mb': _peak_rss_mb(), 'loss': float(loss)}
+
+
+def _child(framework, case, method, steps, python) -> dict:
+  env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
+  env.pop('XLA_FLAGS', None)
+  r = subprocess.run(
+      [python, os.path.abspath(__file__), f'--child={framework}',
+       f'--cases={case}', f'--methods={method}', f'--steps={steps}'],
+      cwd=ROOT, env=env, capture_output=True, text=True)
+  if r.returncode:
+    raise RuntimeError(f'{framework} {case} {method} failed:\n'
+                       f'{r.stderr[-3000:]}')
+  return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--cases', default='r18_32,r50_224')
+  p.add_argument('--methods', default='byol,simsiam')
+  p.add_argument('--steps', type=int, default=3)
+  p.add_argument('--child', choices=['jax', 'torch'])
+  args = p.parse_args()
+  if args.child:
+    run = run_jax if args.child == 'jax' else run_torch
+    print(json.dumps(run(args.cases, args.methods, args.steps)))
+    return
+  print(f'{os.cpu_count()} CPU cores; {args.steps} timed steps after one '
+        'warm-up, synthetic images, one child process per line.\n')
+  header = (f'{"case":9s} {"method":8s} {"JAX img/s":>10s} '
+            f'{"torch img/s":>12s} {"ratio":>6s} {"JAX 1st s":>10s} '
+            f'{"torch 1st s":>12s} {"JAX MB":>8s} {"torch MB":>9s} '
+            f'{"GFLOP/step":>11s} {"% matmul peak":>14s}')
+  print(header)
+  rows = []
+  for case in args.cases.split(','):
+    for method in args.methods.split(','):
+      j = _child('jax', case, method, args.steps, sys.executable)
+      t = _child('torch', case, method, args.steps, sys.executable)
+      ratio = j['images_per_s'] / t['images_per_s']
+      rows.append({'case': case, 'method': method, 'jax': j, 'torch': t,
+                   'ratio': ratio})
+      print(f'{case:9s} {method:8s} {j["images_per_s"]:10.1f} '
+            f'{t["images_per_s"]:12.1f} {ratio:6.2f} '
+            f'{j["first_step_s"]:10.1f} {t["first_step_s"]:12.1f} '
+            f'{j["peak_rss_mb"]:8.0f} {t["peak_rss_mb"]:9.0f} '
+            f'{j["gflop_per_step"]:11.1f} '
+            f'{100 * j["achieved_gflops"] / j["matmul_peak_gflops"]:13.0f}%',
+            flush=True)
+  print('\nratio = JAX images/s / PyTorch images/s (> 1: JAX faster).')
+  print(json.dumps(rows))
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,223 @@
+r"""Export a pretrained encoder as a safe, self-describing file.
+
+  python -m byol_jax.export --checkpoint=runs/byol_fashion_mnist \
+      --out=encoder.npz                      # for JAX: byol_jax.load_encoder
+  python -m byol_jax.export --checkpoint=pretrain_res50x1.pkl \
+      --format=torchvision --out=byol_r50_torchvision.npz   # for PyTorch
+
+The file is a numpy .npz of plain arrays (read with allow_pickle=False: no
+code runs on load) plus one '__metadata__' JSON string: the model config, the
+source checkpoint and step, and the layout. `--format=torchvision` names and
+lays out the arrays as torchvision's ResNet state dict (OIHW kernels,
+'layer1.0.conv1.weight', 'bn1.running_mean', ...), written without torch:
+
+  import numpy as np, torch, torchvision
+  arrays = np.load('byol_r50_torchvision.npz', allow_pickle=False)
+  model = torchvision.models.resnet50()
+  model.load_state_dict({k: torch.from_numpy(v) for k, v in arrays.items()
+                         if k != '__metadata__'}, strict=False)  # no 'fc'
+
+Padding: our convolutions use TF 'SAME' padding (as the official BYOL
+code): stride-2 layers on even sizes pad less before than after, where
+PyTorch pads symmetrically. torchvision's model computes the same features
+only with the same padding: `byol_jax.export.tf_same_padding(model)`
+switches it (tested against our encoder in tests/test_export.py when torch
+is installed). Without it the features shift by a pixel at each stride-2
+layer (the official ResNet-50's 74.6% needs 'SAME').
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from byol_jax import networks
+
+FORMAT = 'byol_jax.encoder/v1'
+
+
+def _flatten(tree, prefix=()):
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      yield from _flatten(v, prefix + (k,))
+    else:
+      yield prefix + (k,), np.asarray(v)
+
+
+def _unflatten(items):
+  out = {}
+  for path, value in items:
+    node = out
+    for p in path[:-1]:
+      node = node.setdefault(p, {})
+    node[path[-1]] = value
+  return out
+
+
+def read_source(path: str) -> tuple[ml_collections.ConfigDict, dict, int]:
+  """(model config, encoder variables {'params', 'batch_stats'}, step) of a
+  pretraining checkpoint (workdir / step dir) or an official BYOL pickle."""
+  if path.endswith('.pkl'):
+    from byol_jax import official_weights  # pylint: disable=g-import-not-at-top
+    model, variables, step = official_weights.load(path)
+  else:
+    from byol_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    saved, variables, step = checkpointing.load_pretrained(path)
+    model = ml_collections.ConfigDict(saved['model'])
+  encoder = {k: jax.device_get(variables[k]['encoder'])
+             for k in ('params', 'batch_stats')}
+  return model, encoder, step
+
+
+def torchvision_state_dict(model, variables) -> dict[str, np.ndarray]:
+  """Our encoder variables under torchvision ResNet names and layouts."""
+  kind, stages = networks.RESNET_LAYOUTS[model.depth]
+  params, stats = variables['params'], variables['batch_stats']
+  out = {}
+
+  def conv(src, dst):
+    out[dst + '.weight'] = np.transpose(params[src]['kernel'], (3, 2, 0, 1))
+
+  def bn(src_path, dst):
+    p, s = params, stats
+    for k in src_path:
+      p, s = p[k], s[k]
+    out[dst + '.weight'], out[dst + '.bias'] = p['scale'], p['bias']
+    out[dst + '.running_mean'], out[dst + '.running_var'] = s['mean'], s['var']
+    out[dst + '.num_batches_tracked'] = np.array(0, np.int64)
+
+  conv('stem_conv', 'conv1')
+  bn(('stem_bn',), 'bn1')
+  convs = 3 if kind == 'bottleneck' else 2
+  for i, blocks in enumerate(stages):
+    for j in range(blocks):
+      src, dst = f'stage{i + 1}_block{j + 1}', f'layer{i + 1}.{j}'
+      block = params[src]
+      for k in range(convs):
+        out[f'{dst}.conv{k + 1}.weight'] = np.transpose(
+            block[f'Conv_{k}']['kernel'], (3, 2, 0, 1))
+        bn((src, f'BatchNorm_{k}'), f'{dst}.bn{k + 1}')
+      if 'shortcut_conv' in block:
+        out[f'{dst}.downsample.0.weight'] = np.transpose(
+            block['shortcut_conv']['kernel'], (3, 2, 0, 1))
+        bn((src, 'shortcut_bn'), f'{dst}.downsample.1')
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
+def export(source: str, out: str, layout: str = 'flax',
+           overwrite: bool = False) -> str:
+  """Writes the encoder of `source` to `out` (.npz); refuses to replace an
+  existing file unless `overwrite`."""
+  if layout not in ('flax', 'torchvision'):
+    raise ValueError(f"format must be 'flax' or 'torchvision', not "
+                     f'{layout!r}.')
+  if os.path.exists(out) and not overwrite:
+    raise FileExistsError(f'{out} exists; choose another --out (or pass '
+                          '--overwrite).')
+  model, variables, step = read_source(source)
+  if layout == 'flax':
+    arrays = {'/'.join(path): v for path, v in _flatten(variables)}
+  else:
+    if model.stem != 'imagenet':
+      raise ValueError(f'model.stem={model.stem!r}: torchvision ResNets have '
+                       "the 'imagenet' stem (7x7/2 conv + max-pool) only.")
+    arrays = torchvision_state_dict(model, variables)
+  metadata = {'format': FORMAT, 'layout': layout, 'model': model.to_dict(),
+              'source': os.path.abspath(source), 'step': step,
+              'padding': 'TF SAME (see byol_jax/export.py)'}
+  with open(out, 'wb') as f:
+    np.savez(f, __metadata__=np.array(json.dumps(metadata)), **arrays)
+  return out
+
+
+def read_metadata(path: str) -> dict:
+  with np.load(path, allow_pickle=False) as f:
+    return json.loads(str(f['__metadata__']))
+
+
+def load_encoder(path: str) -> tuple[Callable, dict]:
+  """(apply_fn, variables) of an exported encoder (flax layout):
+  apply_fn(variables, images (N, H, W, C) normalised) -> features (N, F),
+  BatchNorm in inference mode. Nothing in the file is executed."""
+  with np.load(path, allow_pickle=False) as f:
+    metadata = json.loads(str(f['__metadata__']))
+    if metadata.get('format') != FORMAT or metadata['layout'] != 'flax':
+      raise ValueError(f'{path} is not a flax-layout byol_jax encoder '
+                       f'(metadata: {metadata.get("format")}, '
+                       f'{metadata.get("layout")}).')
+    variables = _unflatten((k.split('/'), f[k]) for k in f.files
+                           if k != '__metadata__')
+  m = ml_collections.ConfigDict(metadata['model'])
+  encoder = networks.ResNet(depth=m.depth, width=m.width, stem=m.stem)
+
+  @jax.jit
+  def apply_fn(variables, images):
+    return encoder.apply(variables, images, train=False)
+  return apply_fn, variables
+
+
+def tf_same_padding(model):
+  """Switches a torchvision ResNet to TF 'SAME' padding in place: its
+  stride-2 convolutions (kernel > 1) and max-pool pad (total // 2) before
+  and the rest after, computed from each input's size, as our encoders and
+  the official BYOL code do. Needs torch (never a dependency of byol_jax).
+  Returns the model."""
+  import torch  # pylint: disable=g-import-not-at-top
+  import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
+
+  def pads(x, k, s):
+    out = []
+    for size in (x.shape[-1], x.shape[-2]):  # F.pad order: W then H.
+      total = max((-(-size // s) - 1) * s + k - size, 0)
+      out += [total // 2, total - total // 2]
+    return out
+
+  def conv_hook(module, inputs):
+    return (F.pad(inputs[0], pads(inputs[0], module.kernel_size[0],
+                                  module.stride[0])),)
+
+  def pool_hook(module, inputs):
+    return (F.pad(inputs[0], pads(inputs[0], module.kernel_size,
+                                  module.stride), value=float('-inf')),)
+
+  for m in model.modules():
+    if (isinstance(m, torch.nn.Conv2d) and m.stride[0] > 1
+        and m.kernel_size[0] > 1):
+      m.padding = (0, 0)
+      m.register_forward_pre_hook(conv_hook)
+    elif isinstance(m, torch.nn.MaxPool2d):
+      m.padding = 0
+      m.register_forward_pre_hook(pool_hook)
+  return model
+
+
+def main(argv):
+  del argv
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  path = export(f.checkpoint, f.out, f.format, f.overwrite)
+  meta = read_metadata(path)
+  print(f'Wrote the {meta["layout"]}-layout encoder of step {meta["step"]} '
+        f'(ResNet-{meta["model"]["depth"]} x{meta["model"]["width"]:g}) to '
+        f'{path}')
+
+
+def run_cli():
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string('checkpoint', None, 'A pretraining workdir or step '
+                      'directory, or an official BYOL .pkl file.')
+  flags.DEFINE_string('out', None, 'Output .npz path.')
+  flags.DEFINE_enum('format', 'flax', ['flax', 'torchvision'],
+                    'Array names and layouts: ours, or torchvision ResNet.')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing --out file.')
+  flags.mark_flags_as_required(['checkpoint', 'out'])
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run_cli()

@@ -1,0 +1,98 @@
+r"""Encoder features of a dataset split, for use outside byol_jax.
+
+  python -m byol_jax.tools.extract_features \
+      --checkpoint=runs/byol_fashion_mnist --dataset=fashion_mnist \
+      --split=test --out=feats.npy
+  python -m byol_jax.tools.extract_features --checkpoint=pretrain_res50x1.pkl \
+      --dataset=imagenet2012 --split=validation --out=val_feats.npy \
+      --data_dir=/data/tfds
+
+Writes `--out` (N, F) float32 (BatchNorm in inference mode, the eval view:
+centre crop for ImageNet, the whole image for small datasets) and the labels
+beside it (feats_labels.npy), in the split's order. Never replaces existing
+files.
+"""
+
+import os
+
+import jax
+import numpy as np
+from absl import app, flags
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from byol_jax import (cli, config_lib, evaluate, export, input_pipeline,
+                      networks, train_step)
+
+_CHECKPOINT = flags.DEFINE_string(
+    'checkpoint', None, 'Pretraining workdir or step directory, or an '
+    'official BYOL .pkl file.')
+_DATASET = flags.DEFINE_string(
+    'dataset', 'fashion_mnist', 'fashion_mnist, cifar10, or any TFDS name '
+    '(ImageNet-style preprocessing at 224 px).')
+_SPLIT = flags.DEFINE_string('split', 'test', 'Dataset split.')
+_DATA_DIR = flags.DEFINE_string('data_dir', '', 'TFDS data_dir.')
+_IDX_DIR = flags.DEFINE_string(
+    'idx_dir', '/usr/share/datasets/fashion-mnist', 'Fashion-MNIST idx files '
+    '(apt-get install dataset-fashion-mnist).')
+_OUT = flags.DEFINE_string('out', None, 'Output .npy path for features.')
+_BATCH = flags.DEFINE_integer('batch_size', 256, 'Images per batch (a '
+                              'multiple of the device count).')
+flags.mark_flags_as_required(['checkpoint', 'out'])
+
+
+def dataset_config(name: str, data_dir: str = '', idx_dir: str = ''):
+  """The dataset fields our configs use for `name`."""
+  c = config_lib.base_config()
+  if name in config_lib.DATASETS:
+    config_lib.use_dataset(c, name)
+  else:
+    c.dataset.name = name
+  c.dataset.data_dir = data_dir
+  if idx_dir:
+    c.dataset.idx_dir = idx_dir
+  c.dataset.in_memory = name in config_lib.DATASETS
+  return c.dataset
+
+
+def extract_features(checkpoint: str, dataset, split: str,
+                     batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+  """(features (N, F) float32, labels (N,)) of every example of `split`."""
+  model, variables, _ = export.read_source(checkpoint)
+  mesh = train_step.make_mesh()
+  encoder = networks.ResNet(depth=model.depth, width=model.width,
+                            stem=model.stem)
+  embed = evaluate.make_embed_fn(encoder, mesh)
+  source = input_pipeline.load_source(dataset, split)
+  batches = input_pipeline.eval_batches(
+      source, global_batch=batch_size, image_size=dataset.image_size,
+      mean=dataset.mean, std=dataset.std,
+      crop_fraction=dataset.eval_crop_fraction,
+      process_index=jax.process_index(), process_count=jax.process_count())
+  variables = jax.device_put(variables, NamedSharding(mesh, P()))
+  out = evaluate.extract(embed, variables, batches)
+  return out['embedding'].astype(np.float32), out['label']
+
+
+def main(argv):
+  del argv
+  cli.setup()
+  out = _OUT.value
+  labels_path = os.path.splitext(out)[0] + '_labels.npy'
+  for path in (out, labels_path):
+    if os.path.exists(path):
+      raise app.UsageError(f'{path} exists; choose another --out.')
+  if _BATCH.value % jax.device_count():
+    raise app.UsageError(f'--batch_size={_BATCH.value} is not divisible by '
+                         f'the {jax.device_count()} devices.')
+  feats, labels = extract_features(
+      _CHECKPOINT.value, dataset_config(_DATASET.value, _DATA_DIR.value, _IDX_DIR.value),
+      _SPLIT.value, _BATCH.value)
+  if jax.process_index() == 0:
+    np.save(out, feats)
+    np.save(labels_path, labels)
+    print(f'Wrote {feats.shape} features to {out} and labels to '
+          f'{labels_path}')
+
+
+if __name__ == '__main__':
+  app.run(main)
