@@ -54,6 +54,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.eval = ml_collections.ConfigDict(dict(
       knn_every_epochs=0,  # 0: only at the end of training.
+      # The online probe's eval-split top-1/top-5 (one pass, no kNN bank).
+      probe_every_epochs=1,
       knn_k=200, knn_k_small=20, knn_temperature=0.1, batch_size=1024,
       knn_train_examples=-1,  # -1: the whole train split is the kNN bank.
       baselines=False))  # Also report raw-pixel and random-init kNN.

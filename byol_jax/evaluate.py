@@ -174,11 +174,20 @@ class KnnEvaluator:
     test = extract(self.embed, variables, self._batches('eval'))
     out = self._accuracies(train['embedding'], train['label'],
                            test['embedding'], test['label'], prefix)
-    out[f'{prefix}probe_top1'] = topk_accuracy(
-        test['logits'], test['label'], 1)
-    out[f'{prefix}probe_top5'] = topk_accuracy(
-        test['logits'], test['label'], 5)
+    out.update(self._probe(test, prefix))
     return out
+
+  def probe(self, variables, prefix='eval/') -> dict[str, float]:
+    """Only the online probe's top-1 / top-5 (one pass over the eval split):
+    the per-epoch monitor."""
+    return self._probe(extract(self.embed, variables, self._batches('eval')),
+                       prefix)
+
+  def _probe(self, test, prefix):
+    return {f'{prefix}probe_top1': topk_accuracy(test['logits'],
+                                                 test['label'], 1),
+            f'{prefix}probe_top5': topk_accuracy(test['logits'],
+                                                 test['label'], 5)}
 
   def raw_pixels(self) -> dict[str, float]:
     """kNN on the raw [0, 1] pixels (eval view, before mean/std

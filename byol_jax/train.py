@@ -127,6 +127,7 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
       tau_schedule=tau_schedule, loss_config=config.loss)
   rng = train_step.replicate(jax.random.key(config.seed + 1), mesh)
   knn_every = config.eval.knn_every_epochs * steps_per_epoch
+  probe_every = config.eval.get('probe_every_epochs', 0) * steps_per_epoch
 
   logging.info('Training %d steps (%d per epoch), global batch %d on %d '
                'devices, from step %d.', num_steps, steps_per_epoch,
@@ -182,6 +183,11 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
         accs = evaluator(_online_variables(state))
         writer.write(step, accs)
         logging.info('step %d eval: %s', step, _fmt(accs))
+      elif probe_every and step % probe_every == 0 and not last:
+        accs = evaluator.probe(_online_variables(state))
+        writer.write(step, accs)
+        logging.info('epoch %d online probe on the eval split: %s',
+                     step // steps_per_epoch, _fmt(accs))
       if stop.signal:
         checkpointing.save(manager, state, config)
         manager.wait_until_finished()

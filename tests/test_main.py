@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -71,10 +72,7 @@ def test_cli_trains_writes_everything_and_resumes(tmp_path, idx_dir):
   assert (workdir / 'results/knn_step4.json').exists()
   assert (workdir / 'results/knn_step6.json').exists()
 
-  # Re-running a finished run evaluates again; the first result is kept.
-  r = _cli(workdir, idx_dir, '--config.num_train_steps=6')
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert (workdir / 'results/knn_step6.2.json').exists()
+  # (A second result of the same step gets a new name: tests/test_evaluate.)
 
   # A different model in the same workdir is refused, checkpoint untouched.
   before = sorted(os.listdir(workdir / 'checkpoints'))
@@ -171,6 +169,12 @@ def test_sigkill_and_resume_reaches_the_uninterrupted_state(tmp_path,
   straight, killed = tmp_path / 'straight', tmp_path / 'killed'
   r = _cli(straight, idx_dir, *flags)
   assert r.returncode == 0, r.stderr[-3000:]
+  # 64 images / batch 16: an epoch is 4 steps; the online probe's eval-split
+  # accuracy is logged at the end of epoch 1 (step 4), kNN at the end.
+  records = [json.loads(l) for l in open(straight / 'metrics.jsonl')]
+  probe_steps = [r['step'] for r in records if 'eval/probe_top1' in r]
+  assert probe_steps == [4, 6] and 'eval/probe_top5' in records[-1]
+  assert 'online probe on the eval split' in r.stderr
 
   cmd = _cli_command(killed, idx_dir, *flags)
   r = subprocess.run([sys.executable, '-c', _KILL_AFTER_FIRST_SAVE,
@@ -194,24 +198,23 @@ def _snapshot(directory):
           if p.is_file()}
 
 
-@pytest.mark.slow  # Three CLI runs: ~2.5 min on 2 cores; `make test-slow`.
 def test_nan_loss_and_corrupt_checkpoint_stop_without_touching_it(tmp_path,
-                                                                  idx_dir):
+                                                                  pretrained):
   """A diverging run stops naming the step; an unreadable checkpoint is
   refused with a message; neither overwrites the last good checkpoint."""
   workdir = tmp_path / 'run'
+  shutil.copytree(pretrained[0], workdir)  # A finished 4-step run.
+  idx_dir = pretrained[1]
   flags = ['--config.eval.baselines=False', '--config.checkpoint_every_steps=2']
-  r = _cli(workdir, idx_dir, '--config.num_train_steps=2', *flags)
-  assert r.returncode == 0, r.stderr[-3000:]
   good = _snapshot(workdir / 'checkpoints')
 
-  # Resumed with an absurd LR: the loss goes non-finite before step 4's save.
+  # Resumed with an absurd LR: the loss goes non-finite before step 6's save.
   r = _cli(workdir, idx_dir, '--config.num_train_steps=8', *flags,
            '--config.optimizer.base_lr=1e30')
   assert r.returncode != 0
-  assert 'Loss is nan at step 4' in r.stderr or 'Loss is inf at step 4' in \
+  assert 'Loss is nan at step 6' in r.stderr or 'Loss is inf at step 6' in \
       r.stderr, r.stderr[-2000:]
-  assert 'The last good checkpoint (step 2) is untouched' in r.stderr
+  assert 'The last good checkpoint (step 4) is untouched' in r.stderr
   assert _snapshot(workdir / 'checkpoints') == good
 
   # Corrupt every data file of the state; the run refuses to start.
@@ -221,9 +224,9 @@ def test_nan_loss_and_corrupt_checkpoint_stop_without_touching_it(tmp_path,
   for p in state_files:
     p.write_bytes(b'\0' * p.stat().st_size)
   corrupt = _snapshot(workdir / 'checkpoints')
-  r = _cli(workdir, idx_dir, '--config.num_train_steps=4', *flags)
+  r = _cli(workdir, idx_dir, '--config.num_train_steps=8', *flags)
   assert r.returncode != 0
-  assert 'Could not read the checkpoint of step 2' in r.stderr, \
+  assert 'Could not read the checkpoint of step 4' in r.stderr, \
       r.stderr[-2000:]
   assert 'It was left untouched' in r.stderr
   assert _snapshot(workdir / 'checkpoints') == corrupt
