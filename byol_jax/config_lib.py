@@ -115,12 +115,6 @@ def validate_eval(config, mode: str, num_devices: int,
   check(mode in EVAL_MODES, f'--mode={mode!r} is unknown; use one of '
         f'{EVAL_MODES}.')
   if mode in ('linear', 'finetune'):
-    check(config.batch_size > 0 and config.batch_size % num_devices == 0,
-          f'batch_size={config.batch_size} is not divisible by the '
-          f'{num_devices} devices; use a multiple of {num_devices}.')
-    check(config.batch_size % num_processes == 0,
-          f'batch_size={config.batch_size} is not divisible by the '
-          f'{num_processes} processes.')
     check(config.num_epochs > 0, f'num_epochs={config.num_epochs} must be '
           '> 0.')
     check(config.optimizer.base_lr > 0, 'optimizer.base_lr must be > 0.')
@@ -130,11 +124,27 @@ def validate_eval(config, mode: str, num_devices: int,
     check(0 < config.subset.fraction <= 1,
           f'subset.fraction={config.subset.fraction} must be in (0, 1].')
     check(config.log_every_steps > 0, 'log_every_steps must be > 0.')
+    _check_batch_sizes(check, config, num_devices, num_processes)
+  else:  # kNN reads only eval.batch_size.
+    check(config.eval.batch_size % num_devices == 0,
+          f'eval.batch_size={config.eval.batch_size} is not divisible by '
+          f'the {num_devices} devices.')
+  if errors:
+    raise ConfigError('Invalid config:\n  - ' + '\n  - '.join(errors))
+
+
+def _check_batch_sizes(check, config, num_devices: int, num_processes: int):
+  """The global batch and the eval batch split evenly over the devices and
+  the processes."""
+  check(config.batch_size > 0 and config.batch_size % num_devices == 0,
+        f'batch_size={config.batch_size} is not divisible by the '
+        f'{num_devices} devices; use a multiple of {num_devices}.')
+  check(config.batch_size % num_processes == 0,
+        f'batch_size={config.batch_size} is not divisible by the '
+        f'{num_processes} processes.')
   check(config.eval.batch_size % num_devices == 0,
         f'eval.batch_size={config.eval.batch_size} is not divisible by the '
         f'{num_devices} devices.')
-  if errors:
-    raise ConfigError('Invalid config:\n  - ' + '\n  - '.join(errors))
 
 
 EVAL_MODES = ('linear', 'finetune', 'knn')
@@ -207,15 +217,7 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
         f'target.tau_base={config.target.tau_base} is outside [0, 1].')
   check(config.target.init in ('independent', 'copy'),
         f"target.init={config.target.init!r}: use 'independent' or 'copy'.")
-  check(config.batch_size > 0 and config.batch_size % num_devices == 0,
-        f'batch_size={config.batch_size} is not divisible by the '
-        f'{num_devices} devices; use a multiple of {num_devices}.')
-  check(config.batch_size % num_processes == 0,
-        f'batch_size={config.batch_size} is not divisible by the '
-        f'{num_processes} processes.')
-  check(config.eval.batch_size % num_devices == 0,
-        f'eval.batch_size={config.eval.batch_size} is not divisible by the '
-        f'{num_devices} devices.')
+  _check_batch_sizes(check, config, num_devices, num_processes)
   check(config.num_train_steps > 0 or config.num_epochs > 0,
         'set num_epochs > 0 or num_train_steps > 0.')
   check(config.optimizer.warmup_epochs >= 0,

@@ -453,7 +453,8 @@ def run(config: Optional[ml_collections.ConfigDict], mode: str,
   record['path'] = metric_writer.write_result(workdir, name, record)
   logging.info('RESULT %s %s %s: %s -> %s', mode,
                'random init' if random_init else f'step {step}', d.name,
-               ', '.join(f'{k}={v:.4f}' for k, v in metrics.items()),
+               ', '.join(f'{k}={v:.4f}' if isinstance(v, float) else
+                         f'{k}={v}' for k, v in metrics.items()),
                record['path'])
   return record
 
@@ -527,7 +528,8 @@ def main(argv):
                         f'{k} {v}' for k, v in record['metrics'].items())
     what = ('random init' if record['random_init'] else
             f'step {record["checkpoint_step"]}')
-    print(f'{record["mode"]} evaluation of {what} on {record["dataset"]}: {metrics}\nwritten to {record["path"]}')
+    print(f'{record["mode"]} evaluation of {what} on '
+          f'{record["dataset"]}: {metrics}\nwritten to {record["path"]}')
 
 
 def run_cli():
