@@ -188,3 +188,30 @@ def test_augment_chunk_divides_the_batch_and_fits_the_cache_budget():
   assert ip.augment_chunk(7, (224, 224, 3)) == 1  # prime batch
   assert ip.augment_chunk(128, (28, 28, 1)) == 128
   assert ip.augment_chunk(16, (1024, 1024, 3)) == 1
+
+
+def test_subset_file_keeps_only_the_listed_examples_of_a_stream(tmp_path):
+  """SimCLR-style subset files: a streamed TFDS split (mock ImageNet, which
+  has a file_name feature) keeps exactly the listed examples, in training
+  batches too."""
+  cfg = ml_collections.ConfigDict(dict(
+      name='imagenet2012', source='auto', data_dir='', download=False,
+      idx_dir='/nonexistent', in_memory=False))
+  with tfds.testing.mock_data(num_examples=12):
+    src = ip.load_source(cfg, 'train')
+    examples = list(tfds.as_numpy(src.examples(decode=False)))
+    chosen = examples[1:9:2]
+    (tmp_path / '1percent.txt').write_text(
+        '\n'.join(ex['file_name'].decode() for ex in chosen) + '\n')
+    subset = ip.labelled_subset(src, subset_file=str(tmp_path /
+                                                     '1percent.txt'))
+    assert len(subset) == 4
+    kept = list(tfds.as_numpy(subset.examples(decode=False)))
+    assert sorted(ex['file_name'] for ex in kept) == sorted(
+        ex['file_name'] for ex in chosen)
+    batch = next(ip.labelled_dataset(
+        subset, view=augment.crop_flip_view(), global_batch=8, seed=0,
+        image_size=32, mean=(0.5,) * 3, std=(0.25,) * 3,
+        shuffle_buffer=16).as_numpy_iterator())
+  assert batch['image'].shape == (8, 32, 32, 3)
+  assert set(batch['label'].tolist()) <= {int(ex['label']) for ex in chosen}

@@ -251,3 +251,19 @@ def test_functions_of_allowed_libraries_are_refused_too():
   payload = pickle.dumps(_RunsCode(jax.numpy.asarray, [1]), protocol=2)
   with pytest.raises(official_weights.UnsafePickleError, match='jax'):
     official_weights.load_pickle(payload)
+
+
+def test_evaluate_reads_an_official_file(official_file, tmp_path):
+  """`python -m byol_jax.evaluate --checkpoint=pretrain_res50x1.pkl` loads
+  the file; evaluating it on 1-channel images is refused with a message
+  before anything is compiled or written."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from byol_jax import config_lib, evaluate  # pylint: disable=g-import-not-at-top
+  path, _, _ = official_file
+  c = config_lib.eval_base_config()
+  config_lib.use_dataset(c, 'fashion_mnist')
+  c.batch_size, c.eval.batch_size = 8, 8
+  with pytest.raises(config_lib.ConfigError,
+                     match='pretrained on 3-channel images'):
+    evaluate.run(ml_collections.ConfigDict(c), 'linear', str(path))
+  assert not (path.parent / 'results').exists()
