@@ -91,11 +91,15 @@ def _jax_array(fun, args, arr_state, aval_state):
   return value
 
 
+# numpy 2 renamed numpy.core to numpy._core; files written with either load.
+_multiarray = getattr(np, '_core', None) or np.core
+_multiarray = _multiarray.multiarray
+
 _ALLOWED = {
-    ('numpy.core.multiarray', '_reconstruct'): np.core.multiarray._reconstruct,  # pylint: disable=protected-access
-    ('numpy._core.multiarray', '_reconstruct'): np.core.multiarray._reconstruct,  # pylint: disable=protected-access
-    ('numpy.core.multiarray', 'scalar'): np.core.multiarray.scalar,
-    ('numpy._core.multiarray', 'scalar'): np.core.multiarray.scalar,
+    ('numpy.core.multiarray', '_reconstruct'): _multiarray._reconstruct,  # pylint: disable=protected-access
+    ('numpy._core.multiarray', '_reconstruct'): _multiarray._reconstruct,  # pylint: disable=protected-access
+    ('numpy.core.multiarray', 'scalar'): _multiarray.scalar,
+    ('numpy._core.multiarray', 'scalar'): _multiarray.scalar,
     ('numpy', 'ndarray'): np.ndarray,
     ('numpy', 'dtype'): np.dtype,
     ('collections', 'OrderedDict'): collections.OrderedDict,

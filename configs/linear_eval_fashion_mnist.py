@@ -9,9 +9,10 @@ r"""Linear evaluation on Fashion-MNIST: the CPU demo's encoder.
 BYOL's protocol (frozen encoder, BatchNorm in inference mode, SGD Nesterov
 momentum 0.9, cosine LR, no weight decay, 80 epochs) on the 28x28 images.
 By default without augmentation: the features are extracted once and the
-head trains on them (the fast path, seconds on CPU). Compare with the same
-encoder at random initialisation (`--checkpoint` of a run with
---config.num_train_steps=... 0 steps is not possible; see docs/evaluation.md).
+head trains on them (the fast path, under a minute on CPU), batch 256, LR
+0.2. Add --random_init for the same network at its initialisation. Measured
+on the demo's encoder (docs/evaluation.md): 0.826 top-1 vs 0.737 at random
+init.
 """
 
 from byol_jax import config_lib
