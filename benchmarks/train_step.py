@@ -44,7 +44,6 @@ def _peak_rss_mb() -> float:
 def run_jax(case: str, method: str, steps: int) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from byol_jax import config_lib, networks, optim, train_step  # pylint: disable=g-import-not-at-top
 
