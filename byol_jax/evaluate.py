@@ -229,8 +229,8 @@ def _feature_batches(features: np.ndarray, labels: np.ndarray,
   position g of step s is example perm_e[g mod N] with e = g div N and
   perm_e a permutation drawn from (seed, e); this process's slice."""
   n = len(labels)
-  local, offset = global_batch // jax.process_count(), (
-      global_batch // jax.process_count() * jax.process_index())
+  local, offset = input_pipeline._process_slice(  # pylint: disable=protected-access
+      global_batch, jax.process_index(), jax.process_count())
   perms = {}
   for step in range(2**62):
     g = step * global_batch + offset + np.arange(local)
@@ -259,8 +259,7 @@ def _fit(config, state, step_fn, frozen, batches, total: int, mesh, writer
       # memory): thousands of tiny fast-path steps would otherwise queue up.
       jax.block_until_ready(metrics)
     if (step + 1) % config.log_every_steps == 0 or step + 1 == total:
-      host = jax.device_get(pending)
-      summary = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+      summary = metric_writer.mean_metrics(pending)
       pending = []
       if not np.isfinite(summary['loss']):
         raise FloatingPointError(

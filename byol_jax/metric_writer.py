@@ -46,6 +46,13 @@ def write_result(workdir: str, name: str, record: Mapping[str, Any]) -> str:
     return path
 
 
+def mean_metrics(pending) -> dict[str, float]:
+  """Means of the per-step metric dicts of a logging interval: one host
+  transfer for the whole interval."""
+  host = jax.device_get(pending)
+  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+
+
 def _append(path: str, text: str) -> None:
   if '://' in path:  # Object stores cannot append: rewrite (a small file).
     old = tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else ''

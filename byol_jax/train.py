@@ -150,7 +150,7 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
       # before any state is written.
       if (step % config.log_every_steps == 0 or last or save_now
           or stop.signal):
-        summary = _mean_metrics(pending)
+        summary = metric_writer.mean_metrics(pending)
         pending = []
         if not np.isfinite(summary['loss']):
           raise NonFiniteLossError(
@@ -217,12 +217,6 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
 def _online_variables(state):
   return {'params': state.online_params,
           'batch_stats': state.online_batch_stats}
-
-
-def _mean_metrics(pending) -> dict[str, float]:
-  """One host transfer for the whole logging interval."""
-  host = jax.device_get(pending)
-  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
 def _fmt(d):
