@@ -7,6 +7,8 @@ compiled, and says what to change.
 
 from __future__ import annotations
 
+import re
+
 import ml_collections
 
 from byol_jax import augment, networks
@@ -34,8 +36,11 @@ def base_config() -> ml_collections.ConfigDict:
       projector_hidden=(4096,), predictor_hidden=(4096,), projection_dim=256,
       use_predictor=True, compute_dtype='float32'))
   # target.use=False: target = stop_gradient(online) (SimSiam, Table 5b rows).
+  # schedule: 'cosine' (tau_base -> 1) or 'constant' (Table 5a's tau = 0).
   c.target = ml_collections.ConfigDict(dict(
-      use=True, tau_base=0.996, init='independent'))
+      use=True, tau_base=0.996, init='independent', schedule='cosine'))
+  # stop_gradient=False: gradient also through the target branch; only
+  # meaningful without a target network (SimCLR, SimSiam's collapse row).
   c.loss = ml_collections.ConfigDict(dict(
       name='byol', alpha=0.1, beta=0.0, stop_gradient=True))
   c.optimizer = ml_collections.ConfigDict(dict(
@@ -54,6 +59,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.keep_checkpoints = 3
   c.eval = ml_collections.ConfigDict(dict(
       knn_every_epochs=0,  # 0: only at the end of training.
+      knn_every_steps=0,  # > 0: overrides knn_every_epochs (short runs).
       # The online probe's eval-split top-1/top-5 (one pass, no kNN bank).
       probe_every_epochs=1,
       knn_k=200, knn_k_small=20, knn_temperature=0.1, batch_size=1024,
@@ -209,12 +215,13 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
   check(config.loss.name in ('byol', 'simsiam'),
         f"loss.name={config.loss.name!r} is unknown; use 'byol' or "
         "'simsiam'.")
-  check(config.loss.name != 'simsiam' or m.use_predictor,
-        'loss.name=simsiam needs model.use_predictor=True.')
   check(config.loss.beta == 0 or config.loss.alpha > 0,
         f'loss.alpha={config.loss.alpha} must be > 0 when loss.beta > 0.')
   check(0.0 <= config.target.tau_base <= 1.0,
         f'target.tau_base={config.target.tau_base} is outside [0, 1].')
+  check(config.target.schedule in ('cosine', 'constant'),
+        f"target.schedule={config.target.schedule!r}: use 'cosine' or "
+        "'constant'.")
   check(config.target.init in ('independent', 'copy'),
         f"target.init={config.target.init!r}: use 'independent' or 'copy'.")
   _check_batch_sizes(check, config, num_devices, num_processes)
@@ -269,6 +276,15 @@ def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+def parse_arch(arch: str) -> tuple[int, float]:
+  """'r50x2' -> (depth 50, width 2.0): the papers' ResNet names."""
+  m = re.fullmatch(r'r(\d+)x(\d+(?:\.\d+)?)', arch)
+  if not m or int(m.group(1)) not in networks.RESNET_LAYOUTS:
+    raise ConfigError(f'arch={arch!r}: use rDEPTHxWIDTH with DEPTH in '
+                      f'{sorted(networks.RESNET_LAYOUTS)}, e.g. r50x1, r200x2.')
+  return int(m.group(1)), float(m.group(2))
+
+
 # BYOL's official presets by pretraining length (spec.md): epochs ->
 # (base LR, weight decay, tau_base).
 BYOL_IMAGENET_PRESETS = {
@@ -289,6 +305,14 @@ def byol_imagenet_config(epochs: int = 1000) -> ml_collections.ConfigDict:
   c.num_epochs = epochs
   c.optimizer.update(dict(base_lr=lr, weight_decay=wd))
   c.target.tau_base = tau
+  return c
+
+
+def byol_ablation_config() -> ml_collections.ConfigDict:
+  """The base of the BYOL paper's ablations (Table 5, Figure 3): ResNet-50,
+  the official 300-epoch preset, a kNN monitor every 25 epochs."""
+  c = byol_imagenet_config(300)
+  c.eval.update(dict(knn_every_epochs=25, knn_train_examples=100_000))
   return c
 
 

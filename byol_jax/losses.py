@@ -26,13 +26,16 @@ def cosine_similarity(a: jax.Array, b: jax.Array) -> jax.Array:
   return jnp.sum(l2_normalize(a) * l2_normalize(b), axis=-1)
 
 
-def regression_loss(prediction: jax.Array, target: jax.Array) -> jax.Array:
+def regression_loss(prediction: jax.Array, target: jax.Array,
+                    stop_gradient: bool = True) -> jax.Array:
   """BYOL per-direction loss ||q/|q| - z'/|z'|||^2 = 2 - 2 cos(q, z'), (B,).
 
-  The target is wrapped in stop_gradient: no gradient reaches its branch.
+  The target is wrapped in stop_gradient: no gradient reaches its branch
+  (`stop_gradient=False` only for SimCLR, whose two branches are one network).
   """
-  return 2.0 - 2.0 * cosine_similarity(prediction,
-                                       jax.lax.stop_gradient(target))
+  if stop_gradient:
+    target = jax.lax.stop_gradient(target)
+  return 2.0 - 2.0 * cosine_similarity(prediction, target)
 
 
 def negative_cosine(prediction: jax.Array, target: jax.Array,
@@ -53,15 +56,18 @@ def simsiam_loss(p1, p2, z1, z2, stop_gradient: bool = True) -> jax.Array:
 
 
 def _log_sum_exp_negatives(online, target_same, target_other, alpha,
-                           axis_name):
+                           axis_name, stop_gradient=True):
   """ln(sum_{j != i} e^{S(v_i, v_j)/a} + sum_j e^{S(v_i, v'_j)/a}) per row i.
 
   `online` holds phi(v_i) of this shard; the target arrays psi(v_j), psi(v'_j)
   are gathered over `axis_name` so every row sees the global batch.
   """
+  if stop_gradient:
+    target_same = jax.lax.stop_gradient(target_same)
+    target_other = jax.lax.stop_gradient(target_other)
   online = l2_normalize(online)
-  target_same = l2_normalize(jax.lax.stop_gradient(target_same))
-  target_other = l2_normalize(jax.lax.stop_gradient(target_other))
+  target_same = l2_normalize(target_same)
+  target_other = l2_normalize(target_other)
   local_b = online.shape[0]
   offset = 0
   if axis_name is not None:
@@ -80,7 +86,8 @@ def _log_sum_exp_negatives(online, target_same, target_other, alpha,
 def infonce_alpha_beta_loss(online_1: jax.Array, online_2: jax.Array,
                             target_1: jax.Array, target_2: jax.Array,
                             alpha: float = 0.1, beta: float = 0.0,
-                            axis_name: Optional[str] = None) -> jax.Array:
+                            axis_name: Optional[str] = None,
+                            stop_gradient: bool = True) -> jax.Array:
   """Symmetrised loss of BYOL's InfoNCE_{alpha,beta} family (BYOL Table 5b).
 
   Per direction (v -> v'), with S = cosine(phi(v_i), psi(v'_i)):
@@ -89,7 +96,9 @@ def infonce_alpha_beta_loss(online_1: jax.Array, online_2: jax.Array,
                                     + sum_j e^{S(v_i,v'_j)/alpha} ) ]
   i.e. 2 - InfoNCE_{alpha,beta}, summed over both directions. phi is the online
   prediction (or projection without predictor), psi the target projection (or
-  the online projection without target network); psi never gets gradient.
+  the online projection without target network); psi gets no gradient unless
+  `stop_gradient=False` (SimCLR: psi is the online network, trained through
+  both views).
 
   beta = 0 gives the BYOL loss L(v, v') + L(v', v) exactly; beta = 1 with no
   predictor and no target gives SimCLR's NT-Xent (times 2 alpha, plus a
@@ -101,17 +110,18 @@ def infonce_alpha_beta_loss(online_1: jax.Array, online_2: jax.Array,
     alpha: temperature of the negatives' term.
     beta: weight of the negatives' term; a Python float (0 skips it).
     axis_name: named device axis to gather negatives over (global batch).
+    stop_gradient: wrap psi in stop_gradient (every row but SimCLR's).
 
   Returns:
     Scalar mean over this shard (average over devices for the global mean).
   """
-  loss = regression_loss(online_1, target_2) + regression_loss(online_2,
-                                                               target_1)
+  loss = (regression_loss(online_1, target_2, stop_gradient)
+          + regression_loss(online_2, target_1, stop_gradient))
   if beta:
     lse_12 = _log_sum_exp_negatives(online_1, target_1, target_2, alpha,
-                                    axis_name)
+                                    axis_name, stop_gradient)
     lse_21 = _log_sum_exp_negatives(online_2, target_2, target_1, alpha,
-                                    axis_name)
+                                    axis_name, stop_gradient)
     loss = loss + beta * 2.0 * alpha * (lse_12 + lse_21)
   return jnp.mean(loss)
 

@@ -31,8 +31,18 @@ def learning_rate_schedule(peak_lr: float, total_steps: int,
       decay_steps=total_steps, end_value=0.0)
 
 
-def tau_schedule(tau_base: float, total_steps: int) -> optax.Schedule:
-  """BYOL's EMA decay: tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2."""
+def tau_schedule(tau_base: float, total_steps: int,
+                 kind: str = 'cosine') -> optax.Schedule:
+  """BYOL's EMA decay: tau_k = 1 - (1 - tau_base) (cos(pi k / K) + 1) / 2.
+
+  kind='constant' keeps tau_k = tau_base, as Table 5a's "stop gradient of
+  online" row (tau = tau_base = 0 throughout; the cosine would raise it to 1).
+  """
+  if kind == 'constant':
+    return lambda step: jnp.full((), tau_base, jnp.float32)
+  if kind != 'cosine':
+    raise ValueError(f"tau schedule {kind!r}: use 'cosine' or 'constant'.")
+
   def schedule(step):
     progress = jnp.minimum(step, total_steps) / total_steps
     return 1.0 - (1.0 - tau_base) * (jnp.cos(jnp.pi * progress) + 1.0) / 2.0

@@ -83,7 +83,8 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
                                        config.optimizer.lr_scaling)
   lr_schedule = optim.learning_rate_schedule(
       peak_lr, num_steps, config_lib.warmup_steps(config, len(train_source)))
-  tau_schedule = optim.tau_schedule(config.target.tau_base, num_steps)
+  tau_schedule = optim.tau_schedule(config.target.tau_base, num_steps,
+                                    config.target.schedule)
   network = networks.build_network(config.model, d.num_classes,
                                    bn_axis_name=train_step.AXIS)
   optimizer = optim.with_probe_optimizer(
@@ -126,8 +127,11 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
       mesh, network=network, optimizer=optimizer, lr_schedule=lr_schedule,
       tau_schedule=tau_schedule, loss_config=config.loss)
   rng = train_step.replicate(jax.random.key(config.seed + 1), mesh)
-  knn_every = config.eval.knn_every_epochs * steps_per_epoch
-  probe_every = config.eval.get('probe_every_epochs', 0) * steps_per_epoch
+  # Fractional epochs (e.g. 0.5) are allowed; rounded to whole steps.
+  knn_every = config.eval.get('knn_every_steps', 0) or int(round(
+      config.eval.knn_every_epochs * steps_per_epoch))
+  probe_every = int(round(config.eval.get('probe_every_epochs', 0)
+                          * steps_per_epoch))
 
   logging.info('Training %d steps (%d per epoch), global batch %d on %d '
                'devices, from step %d.', num_steps, steps_per_epoch,

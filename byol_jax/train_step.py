@@ -125,7 +125,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
     if loss_config.name == 'byol':
       ssl = losses.infonce_alpha_beta_loss(
           out1[key], out2[key], target_1, target_2, alpha=loss_config.alpha,
-          beta=loss_config.beta, axis_name=axis_name)
+          beta=loss_config.beta, axis_name=axis_name,
+          stop_gradient=loss_config.stop_gradient)
     elif loss_config.name == 'simsiam':
       ssl = losses.simsiam_loss(out1[key], out2[key], target_1, target_2,
                                 stop_gradient=loss_config.stop_gradient)

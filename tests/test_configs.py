@@ -29,7 +29,9 @@ def test_every_config_validates(path):
   config_lib.validate(c, num_devices=8)
   assert c.dataset.name and c.batch_size % 8 == 0
   doc = cf._LoadConfigModule('x', path).__doc__
-  assert 'python -m byol_jax.main --config=configs/' in doc
+  # The docstring holds the exact command for this file.
+  assert 'python -m byol_jax.main' in doc
+  assert f'--config=configs/{os.path.basename(path)}' in doc
 
 
 @pytest.mark.parametrize('path', EVAL, ids=os.path.basename)
@@ -121,3 +123,100 @@ def test_warmup_longer_than_training_is_refused():
   c.num_train_steps = 10
   with pytest.raises(config_lib.ConfigError, match='warm-up steps'):
     config_lib.validate_schedule(c, num_train_examples=60000)
+
+
+def test_table1_and_wider_deeper_encoders():
+  for arch, (depth, width) in {'r50x1': (50, 1.0), 'r50x2': (50, 2.0),
+                               'r50x4': (50, 4.0),
+                               'r200x2': (200, 2.0)}.items():
+    c = load('byol_imagenet.py', f'arch={arch}')
+    assert (c.model.depth, c.model.width, c.num_epochs, c.batch_size,
+            c.optimizer.base_lr, c.target.tau_base) == (
+                depth, width, 1000, 4096, 0.2, 0.996)
+  assert _module('byol_imagenet.py').PAPER_TOP1[('r200x2', 1000)] == 79.6
+  with pytest.raises(config_lib.ConfigError, match='rDEPTHxWIDTH'):
+    load('byol_imagenet.py', 'arch=r51x1')
+
+
+def _module(name):
+  return cf._LoadConfigModule(name, os.path.join(CONFIG_DIR, name))
+
+
+def _is_300ep_preset(c):
+  return (c.num_epochs, c.optimizer.base_lr, c.optimizer.weight_decay,
+          c.model.depth, c.model.width) == (300, 0.3, 1e-6, 50, 1.0)
+
+
+def test_table5a_tau_rows():
+  module = _module('byol_ablation_tau.py')
+  assert sorted(module.PAPER_TOP1) == [0.0, 0.9, 0.99, 0.999, 1.0]
+  for tau in module.PAPER_TOP1:
+    c = load('byol_ablation_tau.py', f'tau={tau}')
+    config_lib.validate(c, num_devices=8)
+    assert _is_300ep_preset(c) and c.target.use
+    assert c.target.tau_base == tau
+    # Table 5a keeps tau = 0 constant; the cosine schedule would reach 1.
+    assert c.target.schedule == ('constant' if tau == 0 else 'cosine')
+
+
+def test_table5b_infonce_rows():
+  module = _module('byol_ablation_infonce.py')
+  assert len(module.PAPER_TOP1) == 8
+  for (pred, target, beta), top1 in module.PAPER_TOP1.items():
+    c = load('byol_ablation_infonce.py',
+             f'predictor={pred},target={target},beta={beta}')
+    config_lib.validate(c, num_devices=8)
+    assert _is_300ep_preset(c) and c.loss.name == 'byol'
+    assert (c.model.use_predictor, c.target.use, c.loss.beta,
+            c.loss.alpha) == (pred, target, beta, 0.1)
+    simclr = (pred, target, beta) == (False, False, 1)
+    assert c.loss.stop_gradient == (not simclr)
+    assert (top1 == 69.4) == simclr
+  assert module.PAPER_TOP1[(True, True, 0)] == 72.5
+
+
+def test_batch_size_ablation_rows():
+  for batch in _module('byol_ablation_batch.py').BATCH_SIZES:
+    c = load('byol_ablation_batch.py', f'batch={batch}')
+    config_lib.validate(c, num_devices=8)
+    assert _is_300ep_preset(c) and c.batch_size == batch
+    assert c.optimizer.lr_scaling == 'linear'  # LR = 0.3 x batch / 256.
+  with pytest.raises(config_lib.ConfigError, match='batch=100'):
+    load('byol_ablation_batch.py', 'batch=100')
+
+
+def test_augmentation_removal_rows():
+  removed = _module('byol_ablation_augment.py').REMOVED
+  assert len(removed) == 8
+  full = load('byol_ablation_augment.py', 'keep=baseline')
+  assert full.augment.view1 == load('byol_imagenet.py').augment.view1
+  crop = load('byol_ablation_augment.py', 'keep=crop_only')
+  for view in (crop.augment.view1, crop.augment.view2):
+    assert (view.flip_prob, view.jitter_prob, view.grayscale_prob,
+            view.blur_prob, view.solarize_prob) == (0, 0, 0, 0, 0)
+    assert view.crop_area == (0.08, 1.0)
+  no_blur = load('byol_ablation_augment.py', 'keep=no_blur')
+  assert (no_blur.augment.view1.blur_prob, no_blur.augment.view2.blur_prob,
+          no_blur.augment.view2.solarize_prob,
+          no_blur.augment.view1.jitter_prob) == (0, 0, 0.2, 0.8)
+  crop_color = load('byol_ablation_augment.py', 'keep=crop_color')
+  assert (crop_color.augment.view1.flip_prob,
+          crop_color.augment.view1.grayscale_prob) == (0, 0.2)
+  for keep in removed:
+    config_lib.validate(load('byol_ablation_augment.py', f'keep={keep}'),
+                        num_devices=8)
+
+
+def test_simsiam_table4_and_ablation_rows():
+  module = _module('simsiam_imagenet.py')
+  assert module.PAPER_TOP1 == {100: 68.1, 200: 70.0, 400: 70.8, 800: 71.3}
+  for epochs in module.PAPER_TOP1:
+    assert load('simsiam_imagenet.py', f'epochs={epochs}').num_epochs == epochs
+  nsg = load('simsiam_imagenet.py', 'variant=no_stop_gradient')
+  assert not nsg.loss.stop_gradient and nsg.model.use_predictor
+  npred = load('simsiam_imagenet.py', 'variant=no_predictor')
+  assert npred.loss.stop_gradient and not npred.model.use_predictor
+  for c in (nsg, npred):
+    config_lib.validate(c, num_devices=8)
+    assert (c.num_epochs, c.loss.name, c.target.use) == (100, 'simsiam',
+                                                         False)

@@ -62,6 +62,28 @@ def test_simsiam_without_stop_gradient_sends_gradient_to_both_branches():
   assert np.abs(g).sum() > 0
 
 
+def test_simclr_row_sends_gradient_through_both_views():
+  """stop_gradient=False (SimCLR: psi is the online network itself): the
+  gradient w.r.t. psi is the reference loss's, not zero."""
+  rng = np.random.RandomState(3)
+  o1, o2, t1, t2 = (jnp.asarray(rng.randn(4, 5)) for _ in range(4))
+
+  def loss(t):
+    return losses.infonce_alpha_beta_loss(o1, o2, t, t2, alpha=0.5, beta=1.0,
+                                          stop_gradient=False)
+
+  g = jax.grad(loss)(t1)
+  assert np.abs(g).sum() > 0
+  # Same value as with the stop-gradient: only the gradient changes.
+  chex.assert_trees_all_close(
+      loss(t1), losses.infonce_alpha_beta_loss(o1, o2, t1, t2, alpha=0.5,
+                                               beta=1.0), rtol=1e-6)
+  # And it equals the finite difference of the loss.
+  d = jnp.zeros_like(t1).at[1, 2].set(1e-3)
+  fd = (loss(t1 + d) - loss(t1 - d)) / 2e-3
+  np.testing.assert_allclose(g[1, 2], fd, rtol=2e-2)
+
+
 def test_byol_loss_is_symmetrised_mean_of_both_directions():
   p1, p2 = jnp.array([[1.0, 0.0], [0.0, 1.0]]), jnp.array([[1.0, 0.0],
                                                              [1.0, 0.0]])

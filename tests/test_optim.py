@@ -41,6 +41,13 @@ def test_tau_schedule_cosine_from_base_to_one():
   # tau_base 0 and 1 (Table 5a's extremes) are well defined.
   assert optim.tau_schedule(1.0, 10)(3) == pytest.approx(1.0)
   assert optim.tau_schedule(0.0, 10)(0) == pytest.approx(0.0)
+  # Table 5a's "stop gradient of online": tau = tau_base = 0 throughout,
+  # where the cosine schedule would have reached 0.5 half-way.
+  assert optim.tau_schedule(0.0, 10)(5) == pytest.approx(0.5)
+  constant = optim.tau_schedule(0.0, 10, 'constant')
+  assert [float(constant(k)) for k in (0, 5, 10)] == [0.0, 0.0, 0.0]
+  with pytest.raises(ValueError, match="'linear'"):
+    optim.tau_schedule(0.9, 10, 'linear')
 
 
 def test_ema_moves_target_toward_online_by_one_minus_tau():
