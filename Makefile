@@ -8,7 +8,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 WORKDIR ?= runs/byol_fashion_mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-slow test-torch setup data clean bench-input bench-step
+.PHONY: demo test test-slow test-torch setup data clean bench-input bench-step bench-device-augment
 
 demo: setup data
 	$(PY) -m byol_jax.main --config=configs/byol_fashion_mnist.py --workdir=$(WORKDIR)
@@ -53,6 +53,10 @@ test-torch: $(BENCH_VENV)/.installed
 
 bench-input: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python benchmarks/input_pipeline.py
+
+# On-device (JAX) augmentation vs. the tf.data path (no torch needed).
+bench-device-augment: setup
+	PYTHONPATH=. $(PY) benchmarks/device_augment.py
 
 # Train-step images/s, byol_jax vs. the PyTorch reference of the same step.
 bench-step: $(BENCH_VENV)/.installed

@@ -27,7 +27,10 @@ def base_config() -> ml_collections.ConfigDict:
       eval_split='validation', image_size=224, num_channels=3,
       num_classes=1000, mean=(0.485, 0.456, 0.406),
       std=(0.229, 0.224, 0.225), eval_crop_fraction=0.875))
-  c.augment = ml_collections.ConfigDict(dict(preset='byol_imagenet'))
+  # on_device: tf.data only crops; flip, colour, blur and solarisation run
+  # in the train step (byol_jax.device_augment), as the official code does.
+  c.augment = ml_collections.ConfigDict(dict(preset='byol_imagenet',
+                                             on_device=False))
   v1, v2 = augment.preset('byol_imagenet')
   c.augment.view1 = ml_collections.ConfigDict(v1)
   c.augment.view2 = ml_collections.ConfigDict(v2)

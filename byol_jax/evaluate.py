@@ -151,14 +151,16 @@ class KnnEvaluator:
       bank = input_pipeline.take(train_source, n)
     self.sources = {'train': bank, 'eval': eval_source}
 
-  def _batches(self, split):
+  def _batches(self, split, whole=False):
+    """This process's slice of each eval batch; `whole`: every batch in
+    full (host-side computations that every process repeats)."""
     d = self.config.dataset
     return input_pipeline.eval_batches(
         self.sources[split], global_batch=self.eval_cfg.batch_size,
         image_size=d.image_size, mean=d.mean, std=d.std,
         crop_fraction=d.eval_crop_fraction,
-        process_index=jax.process_index(),
-        process_count=jax.process_count())
+        process_index=0 if whole else jax.process_index(),
+        process_count=1 if whole else jax.process_count())
 
   def _accuracies(self, train_feats, train_labels, test_feats, test_labels,
                   prefix):
@@ -191,15 +193,17 @@ class KnnEvaluator:
 
   def raw_pixels(self) -> dict[str, float]:
     """kNN on the raw [0, 1] pixels (eval view, before mean/std
-    normalisation): the floor any encoder must clear."""
+    normalisation): the floor any encoder must clear. On the host, from
+    the whole splits, in every process (a multi-host run's processes would
+    otherwise each see only their slice)."""
     d = self.config.dataset
     flat = []
     for split in ('train', 'eval'):
       pixels, labels = [], []
-      for b in self._batches(split):
+      for b in self._batches(split, whole=True):
         keep = b['mask'] > 0
         x = b['image'][keep] * np.asarray(d.std) + np.asarray(d.mean)
-        pixels.append(x.reshape(len(x), -1))
+        pixels.append(x.reshape(len(x), int(np.prod(x.shape[1:]))))
         labels.append(b['label'][keep])
       flat += [np.concatenate(pixels), np.concatenate(labels)]
     return self._accuracies(*flat, 'raw_pixels/')

@@ -307,7 +307,8 @@ def augmented_dataset(source, *, views: dict[str, dict], global_batch: int,
                       seed: int, image_size: int, mean, std,
                       start_step: int = 0, process_index: int = 0,
                       process_count: int = 1,
-                      shuffle_buffer: int = 50_000) -> tf.data.Dataset:
+                      shuffle_buffer: int = 50_000,
+                      crop_only: bool = False) -> tf.data.Dataset:
   """Endless stream of this process's slice of each global batch.
 
   Yields {name: (local_batch, S, S, C) float32 normalised for each entry of
@@ -315,6 +316,8 @@ def augmented_dataset(source, *, views: dict[str, dict], global_batch: int,
   (local_batch,) int32}; processes take disjoint, contiguous slices of the
   same global batch, so together they see each global batch once. Example
   g's views are drawn from the stateless seed (seed, g), split per view.
+  crop_only: yield only the random resized crops (float [0, 1], not
+  normalised); the rest of each view runs on device (`device_augment`).
   """
   local_batch, offset = _process_slice(global_batch, process_index,
                                        process_count)
@@ -330,8 +333,11 @@ def augmented_dataset(source, *, views: dict[str, dict], global_batch: int,
 
   def apply_views(batch):
     # Per batch: everything after the crop, each image with its own draws.
-    out = {name: augment.apply_view(batch[name], params, mean, std)
-           for name, params in views.items()}
+    if crop_only:
+      out = {name: batch[name]['image'] for name in views}
+    else:
+      out = {name: augment.apply_view(batch[name], params, mean, std)
+             for name, params in views.items()}
     return {**out, 'label': batch['label']}
 
   if isinstance(source, StreamSource):

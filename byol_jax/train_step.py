@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from byol_jax import diagnostics, losses, networks
+from byol_jax import device_augment, diagnostics, losses, networks
 
 AXIS = 'batch'
 
@@ -91,20 +91,25 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
                optimizer: optax.GradientTransformation,
                lr_schedule: Callable, tau_schedule: Callable, loss_config,
                axis_name: Optional[str] = AXIS,
+               device_views: Optional[dict[str, Any]] = None,
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on this device's shard of the global batch.
 
   Args:
     state: replicated TrainState.
-    batch: {'view1', 'view2': (b, H, W, C) float32, 'label': (b,) int32}.
-    rng: replicated key; unused by the deterministic networks here, kept so
-      stochastic layers fold in (step, device) without changing the signature.
+    batch: {'view1', 'view2': (b, H, W, C) float32, 'label': (b,) int32}:
+      normalised views, or with `device_views` the crops in [0, 1].
+    rng: replicated key; with `device_views`, each image's augmentation
+      draws are folded from (rng, step, view, global index).
     axis_name: the named device axis (None only for unmapped debugging).
+    device_views: {'view1', 'view2': view parameters, 'mean', 'std'} to
+      finish the views on device (`device_augment`), or None.
 
   Returns:
     The new state and a dict of scalar metrics, averaged over devices.
   """
-  del rng
+  if device_views is not None:
+    batch = _finish_views(batch, rng, state.step, device_views, axis_name)
   use_target = state.target_params is not None
   use_predictor = network.predictor is not None
 
@@ -179,6 +184,20 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
       online_batch_stats=aux['stats'], target_params=target_params,
       target_batch_stats=aux['t_stats'], opt_state=opt_state)
   return new_state, metrics
+
+
+def _finish_views(batch, rng, step, device_views, axis_name):
+  """The colour half of both views, on device, per image."""
+  local = batch['view1'].shape[0]
+  first = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local
+  indices = first + jnp.arange(local)
+  key = jax.random.fold_in(rng, step)
+  out = dict(batch)
+  for i, name in enumerate(('view1', 'view2')):
+    out[name] = device_augment.augment_batch(
+        jax.random.fold_in(key, i), batch[name], indices, device_views[name],
+        device_views['mean'], device_views['std'])
+  return out
 
 
 def make_train_step(mesh: Mesh, **step_kwargs) -> Callable:

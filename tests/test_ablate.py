@@ -60,6 +60,11 @@ def test_verdicts():
   assert ablate.verdict(0.75, 0.08, healthy, 0.7) == 'learns'
   assert ablate.verdict(0.705, 0.08, healthy, 0.7) == (
       'no better than random init')
+  # SimSiam's output BatchNorm keeps the std up while the projections
+  # collapse onto one line: the effective rank tells.
+  assert ablate.verdict(0.58, 0.03, healthy, 0.7, rank=1.1) == (
+      'collapsed to rank 1')
+  assert ablate.verdict(0.75, 0.08, healthy, 0.7, rank=6.0) == 'learns'
 
 
 def test_table_and_plot_from_recorded_metrics(tmp_path):
@@ -67,26 +72,33 @@ def test_table_and_plot_from_recorded_metrics(tmp_path):
   suite = ablate.SUITES['collapse']
   healthy = 1 / 128 ** 0.5
 
-  def result(knn200, knn20, std, **extra):
+  def result(knn200, knn20, std, rank=6.0, **extra):
     return dict(final={'eval/knn_top1_k200': knn200,
                        'eval/knn_top1_k20': knn20, **extra},
                 curve=[{'step': 50, 'collapse/normalized_std': 0.08,
-                        'collapse/healthy_std': healthy},
+                        'collapse/healthy_std': healthy,
+                        'collapse/effective_rank': 9.0},
                        {'step': 100, 'collapse/normalized_std': std,
-                        'collapse/healthy_std': healthy},
+                        'collapse/healthy_std': healthy,
+                        'collapse/effective_rank': rank},
                        {'step': 100, 'eval/knn_top1_k200': knn200}])
 
   out = {'byol': result(0.80, 0.82, 0.07, **{
       'random_init/knn_top1_k200': 0.70, 'random_init/knn_top1_k20': 0.72,
       'raw_pixels/knn_top1_k200': 0.73, 'raw_pixels/knn_top1_k20': 0.80}),
-         'byol_no_predictor': result(0.60, 0.65, 0.003)}
+         'byol_no_predictor': result(0.60, 0.65, 0.003, rank=1.2),
+         'simsiam_no_stop_gradient': result(0.55, 0.6, 0.02, rank=1.1)}
   table = ablate.markdown_table(suite, out, steps=100)
   rows = table.splitlines()
-  assert '| byol | learns (BYOL Table 5a, tau 0.99: 72.5) | 0.8000 | 0.8200 |'       ' +0.1000 | 0.0700 (0.0884) | learns |' in rows
+  assert ('| byol | learns (BYOL Table 5a, tau 0.99: 72.5) | 0.8000 | 0.8200'
+          ' | +0.1000 | 0.0700 (0.0884) | 6.0 | learns |') in rows
   assert any(r.startswith('| byol_no_predictor |') and r.endswith(
-      '| -0.1000 | 0.0030 (0.0884) | collapsed |') for r in rows)
-  assert '| same encoder at random init | baseline | 0.7000 | 0.7200 | | | |'       in rows
-  assert '| raw pixels | baseline | 0.7300 | 0.8000 | | | |' in rows
+      '| -0.1000 | 0.0030 (0.0884) | 1.2 | collapsed |') for r in rows)
+  assert any(r.startswith('| simsiam_no_stop_gradient |') and r.endswith(
+      '| 0.0200 (0.0884) | 1.1 | collapsed to rank 1 |') for r in rows)
+  assert ('| same encoder at random init | baseline | 0.7000 | 0.7200 '
+          '| | | | |') in rows
+  assert '| raw pixels | baseline | 0.7300 | 0.8000 | | | | |' in rows
   assert 'after 100 steps' in rows[0]
   ablate.plot(suite, out, str(tmp_path / 'p.png'))
   assert (tmp_path / 'p.png').read_bytes()[:4] == b'\x89PNG'

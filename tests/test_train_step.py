@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from byol_jax import networks, optim, train_step as ts
+from byol_jax import augment, device_augment, networks, optim, train_step as ts
 from conftest import tiny_model_config
 
 GLOBAL_BATCH = 16
@@ -165,3 +165,63 @@ def test_bfloat16_compute_keeps_state_and_loss_in_float32(devices):
     np.testing.assert_allclose(m16['loss'], m32['loss'], rtol=0.05)
   assert not np.allclose(metrics[0]['loss'], results['float32'][1][0]['loss'],
                          rtol=1e-7, atol=0)  # bf16 really was used.
+
+
+def _on_device_setup():
+  params = augment.PRESETS['byol_imagenet']  # Every op fires in view 2.
+  device_views = dict(view1=params[0], view2=params[1], mean=(0.5,),
+                      std=(0.25,))
+  crops = [{**b, 'view1': 1 / (1 + np.exp(-b['view1'])),
+            'view2': 1 / (1 + np.exp(-b['view2']))} for b in _batches(2)]
+  return params, device_views, crops
+
+
+def test_on_device_views_do_not_depend_on_the_device_count(devices):
+  """Each image's draws fold in its global index: 8 shards give the views
+  of 1."""
+  _, device_views, crops = _on_device_setup()
+  views = []
+  for mesh in (ts.make_mesh(devices[:1]), ts.make_mesh(devices)):
+    finish = jax.jit(jax.shard_map(
+        lambda b, rng, step: ts._finish_views(b, rng, step, device_views,
+                                              ts.AXIS),
+        mesh=mesh, in_specs=(ts.P(ts.AXIS), ts.P(), ts.P()),
+        out_specs=ts.P(ts.AXIS)))
+    views.append(jax.device_get(finish(
+        ts.shard_batch(crops[1], mesh), ts.replicate(jax.random.key(1), mesh),
+        ts.replicate(jnp.int32(5), mesh))))
+  for name in ('view1', 'view2'):
+    np.testing.assert_allclose(views[1][name], views[0][name], atol=1e-6)
+    assert not np.allclose(views[0][name], (crops[1][name] - 0.5) / 0.25)
+  np.testing.assert_array_equal(views[1]['label'], crops[1]['label'])
+
+
+def test_on_device_augmentation_step(devices):
+  """augment.on_device: the step finishes the views from the crops with
+  draws folded from (rng, step, view, global index), i.e. it equals a step
+  fed with those views finished beforehand."""
+  state, kwargs = _setup('byol')
+  params, device_views, crops = _on_device_setup()
+  on_device, _ = _run(devices[:1], state,
+                      dict(kwargs, device_views=device_views), crops)
+  rng = jax.random.key(1)  # _run's.
+  finish = {i: jax.jit(lambda key, x, i=i: device_augment.augment_batch(
+      key, x, jnp.arange(GLOBAL_BATCH), params[i], (0.5,), (0.25,)))
+            for i in (0, 1)}
+  finished = []
+  for step, b in enumerate(crops):
+    key = jax.random.fold_in(rng, step)
+    finished.append({**b, **{name: np.asarray(finish[i](
+        jax.random.fold_in(key, i), b[name])) for i, name in enumerate(
+            ('view1', 'view2'))}})
+  host, _ = _run(devices[:1], state, kwargs, finished)
+  # Equal up to float reassociation between the two compiled programs.
+  chex.assert_trees_all_close(host.online_params, on_device.online_params,
+                              rtol=1e-3, atol=1e-4)
+  # And the views really were augmented: not the crops normalised.
+  plain = [{**b, 'view1': (b['view1'] - 0.5) / 0.25,
+            'view2': (b['view2'] - 0.5) / 0.25} for b in crops]
+  unaugmented, _ = _run(devices[:1], state, kwargs, plain)
+  assert not np.allclose(
+      unaugmented.online_params['encoder']['stem_conv']['kernel'],
+      on_device.online_params['encoder']['stem_conv']['kernel'], atol=1e-4)
