@@ -119,9 +119,16 @@ def plot_curves(metrics_path: str, out_path: str) -> None:
     ax.set_xlabel('step')
     if len(keys) > 1:
       ax.legend(fontsize=7)
+  save_figure(fig, out_path)
+
+
+def save_figure(fig, path: str) -> None:
+  """Writes a matplotlib figure as PNG through tf.io.gfile (gs:// too) and
+  closes it."""
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig.tight_layout()
   png = io.BytesIO()
   fig.savefig(png, format='png', dpi=90)
   plt.close(fig)
-  with tf.io.gfile.GFile(out_path, 'wb') as f:
+  with tf.io.gfile.GFile(path, 'wb') as f:
     f.write(png.getvalue())

@@ -65,8 +65,11 @@ def _run(devices, state, kwargs, batches):
 
 
 @pytest.mark.parametrize('method,beta', [
-    ('byol', 0.0), ('simsiam', 0.0),
-    # InfoNCE's cross-device gather is also checked in test_losses.py.
+    ('byol', 0.0),
+    # The same mapping with SimSiam's branches (no target, SGD) and with
+    # negatives (InfoNCE's gather is also checked in test_losses.py): ~1 min
+    # each, in `make test-slow` to keep the default suite under 15 minutes.
+    pytest.param('simsiam', 0.0, marks=pytest.mark.slow),
     pytest.param('byol', 1.0, marks=pytest.mark.slow)])
 def test_eight_devices_equal_one_device(devices, monkeypatch, method, beta):
   """Cross-replica BN + pmean'd grads: the sharded step is the global step."""
@@ -196,6 +199,7 @@ def test_on_device_views_do_not_depend_on_the_device_count(devices):
   np.testing.assert_array_equal(views[1]['label'], crops[1]['label'])
 
 
+@pytest.mark.slow  # ~50 s (two train-step compilations); `make test-slow`.
 def test_on_device_augmentation_step(devices):
   """augment.on_device: the step finishes the views from the crops with
   draws folded from (rng, step, view, global index), i.e. it equals a step
