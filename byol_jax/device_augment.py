@@ -25,6 +25,8 @@ from typing import Any, Mapping, Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+from byol_jax import augment
+
 # TF's tf.image.rgb_to_grayscale weights.
 _LUMA = (0.2989, 0.587, 0.114)
 
@@ -142,11 +144,6 @@ def to_grayscale(x):
   return jnp.repeat(luma[..., None], 3, axis=-1)
 
 
-def blur_radius(side: int) -> int:
-  """Kernel 2 r + 1 of about 10% of the side (as `augment.blur_radius`)."""
-  return max(side // 10 // 2, 1)
-
-
 def _band(kernels, n: int, radius: int):
   """(B, n, n) matrices M with M[i, j] = kernel[j - i + r]: a 'SAME'
   zero-padded 1-D convolution as a matmul."""
@@ -158,9 +155,9 @@ def _band(kernels, n: int, radius: int):
 
 def gaussian_blur(x, sigma):
   """Separable gaussian blur of (B, H, W, C), one sigma (B,) per image,
-  kernel 2 * blur_radius(H) + 1, zero padding."""
+  kernel 2 * augment.blur_radius(H) + 1, zero padding."""
   _, h, w, _ = x.shape
-  radius = blur_radius(h)
+  radius = augment.blur_radius(h)
   t = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
   kernels = jnp.exp(-t[None] ** 2 / (2.0 * sigma[:, None] ** 2))
   kernels /= jnp.sum(kernels, axis=1, keepdims=True)

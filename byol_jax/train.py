@@ -117,18 +117,18 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
     logging.info('Baselines: %s', _fmt(baselines))
 
   on_device = config.augment.get('on_device', False)
+  view1, view2 = config.augment.view1.to_dict(), config.augment.view2.to_dict()
   data = input_pipeline.pretrain_dataset(
       train_source, global_batch=config.batch_size, seed=config.seed,
-      image_size=d.image_size, view1=config.augment.view1.to_dict(),
-      view2=config.augment.view2.to_dict(), mean=d.mean, std=d.std,
+      image_size=d.image_size, view1=view1, view2=view2, mean=d.mean,
+      std=d.std,
       start_step=start_step, process_index=jax.process_index(),
       process_count=jax.process_count(), crop_only=on_device)
   batches = data.as_numpy_iterator()
   device_views = None
   if on_device:
-    device_views = dict(view1=config.augment.view1.to_dict(),
-                        view2=config.augment.view2.to_dict(),
-                        mean=tuple(d.mean), std=tuple(d.std))
+    device_views = dict(view1=view1, view2=view2, mean=tuple(d.mean),
+                        std=tuple(d.std))
   step_fn = train_step.make_train_step(
       mesh, network=network, optimizer=optimizer, lr_schedule=lr_schedule,
       tau_schedule=tau_schedule, loss_config=config.loss,
