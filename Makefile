@@ -8,7 +8,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 WORKDIR ?= runs/byol_fashion_mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-slow test-torch setup data clean bench-input bench-step bench-device-augment
+.PHONY: demo test test-slow test-torch setup data clean bench-input bench-step bench-device-augment bench-levers bench-conv
 
 demo: setup data
 	$(PY) -m byol_jax.main --config=configs/byol_fashion_mnist.py --workdir=$(WORKDIR)
@@ -53,6 +53,14 @@ test-torch: $(BENCH_VENV)/.installed
 
 bench-input: $(BENCH_VENV)/.installed
 	$(BENCH_VENV)/bin/python benchmarks/input_pipeline.py
+
+# Step levers (donation, host syncs, conv_impl, one encoder call) toggled
+# against the trainer's step, and XLA convolutions vs. matmul_conv per layer.
+bench-levers: setup
+	PYTHONPATH=. $(PY) benchmarks/step_levers.py
+
+bench-conv: setup
+	PYTHONPATH=. $(PY) benchmarks/conv_impl.py
 
 # On-device (JAX) augmentation vs. the tf.data path (no torch needed).
 bench-device-augment: setup

@@ -3,6 +3,11 @@ the same step (benchmarks/torch_reference.py), side by side in one run.
 
   make bench-step                 # both cases, both methods
   .venv-bench/bin/python benchmarks/train_step.py --cases=r18_32 --steps=3
+  .venv-bench/bin/python benchmarks/train_step.py --conv_impls=xla,matmul
+
+`--conv_impls` times our step once per `model.conv_impl` ('xla': XLA's
+convolutions; 'matmul': networks.matmul_conv), each against the same
+PyTorch run.
 
 Cases (issue #8): ResNet-18 with the small-image stem at 32x32, batch 256;
 ResNet-50 at 224x224, batch 32. Each (framework, case, method) runs in its
@@ -41,7 +46,8 @@ def _peak_rss_mb() -> float:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_jax(case: str, method: str, steps: int) -> dict:
+def run_jax(case: str, method: str, steps: int,
+            conv_impl: str = 'xla') -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -54,7 +60,7 @@ def run_jax(case: str, method: str, steps: int) -> dict:
     c = config_lib.simsiam_overrides(c)
   c.model.update(dict(depth=depth, width=1.0, stem=stem,
                       projector_hidden=proj, predictor_hidden=pred,
-                      projection_dim=out))
+                      projection_dim=out, conv_impl=conv_impl))
   network = networks.build_network(c.model, 10,
                                    bn_axis_name=train_step.AXIS)
   lr = optim.learning_rate_schedule(0.2, 1000, 0)
@@ -130,12 +136,13 @@ def run_torch(case: str, method: str, steps: int) -> dict:
           'peak_rss_mb': _peak_rss_mb(), 'loss': float(loss)}
 
 
-def _child(framework, case, method, steps, python) -> dict:
+def _child(framework, case, method, steps, python, conv_impl='xla') -> dict:
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
   env.pop('XLA_FLAGS', None)
   r = subprocess.run(
       [python, os.path.abspath(__file__), f'--child={framework}',
-       f'--cases={case}', f'--methods={method}', f'--steps={steps}'],
+       f'--cases={case}', f'--methods={method}', f'--steps={steps}',
+       f'--conv_impls={conv_impl}'],
       cwd=ROOT, env=env, capture_output=True, text=True)
   if r.returncode:
     raise RuntimeError(f'{framework} {case} {method} failed:\n'
@@ -148,15 +155,21 @@ def main():
   p.add_argument('--cases', default='r18_32,r50_224')
   p.add_argument('--methods', default='byol,simsiam')
   p.add_argument('--steps', type=int, default=3)
+  p.add_argument('--conv_impls', default='xla',
+                 help="JAX convolution implementations to time: 'xla', "
+                 "'matmul' or both, comma-separated.")
   p.add_argument('--child', choices=['jax', 'torch'])
   args = p.parse_args()
-  if args.child:
-    run = run_jax if args.child == 'jax' else run_torch
-    print(json.dumps(run(args.cases, args.methods, args.steps)))
+  if args.child == 'jax':
+    print(json.dumps(run_jax(args.cases, args.methods, args.steps,
+                             args.conv_impls)))
+    return
+  if args.child == 'torch':
+    print(json.dumps(run_torch(args.cases, args.methods, args.steps)))
     return
   print(f'{os.cpu_count()} CPU cores; {args.steps} timed steps after one '
         'warm-up, synthetic images, one child process per line.\n')
-  header = (f'{"case":9s} {"method":8s} {"JAX img/s":>10s} '
+  header = (f'{"case":9s} {"method":8s} {"conv":7s} {"JAX img/s":>10s} '
             f'{"torch img/s":>12s} {"ratio":>6s} {"JAX 1st s":>10s} '
             f'{"torch 1st s":>12s} {"JAX MB":>8s} {"torch MB":>9s} '
             f'{"GFLOP/step":>11s} {"% matmul peak":>14s}')
@@ -164,18 +177,20 @@ def main():
   rows = []
   for case in args.cases.split(','):
     for method in args.methods.split(','):
-      j = _child('jax', case, method, args.steps, sys.executable)
       t = _child('torch', case, method, args.steps, sys.executable)
-      ratio = j['images_per_s'] / t['images_per_s']
-      rows.append({'case': case, 'method': method, 'jax': j, 'torch': t,
-                   'ratio': ratio})
-      print(f'{case:9s} {method:8s} {j["images_per_s"]:10.1f} '
-            f'{t["images_per_s"]:12.1f} {ratio:6.2f} '
-            f'{j["first_step_s"]:10.1f} {t["first_step_s"]:12.1f} '
-            f'{j["peak_rss_mb"]:8.0f} {t["peak_rss_mb"]:9.0f} '
-            f'{j["gflop_per_step"]:11.1f} '
-            f'{100 * j["achieved_gflops"] / j["matmul_peak_gflops"]:13.0f}%',
-            flush=True)
+      for conv_impl in args.conv_impls.split(','):
+        j = _child('jax', case, method, args.steps, sys.executable, conv_impl)
+        ratio = j['images_per_s'] / t['images_per_s']
+        rows.append({'case': case, 'method': method, 'conv_impl': conv_impl,
+                     'jax': j, 'torch': t, 'ratio': ratio})
+        print(f'{case:9s} {method:8s} {conv_impl:7s} '
+              f'{j["images_per_s"]:10.1f} '
+              f'{t["images_per_s"]:12.1f} {ratio:6.2f} '
+              f'{j["first_step_s"]:10.1f} {t["first_step_s"]:12.1f} '
+              f'{j["peak_rss_mb"]:8.0f} {t["peak_rss_mb"]:9.0f} '
+              f'{j["gflop_per_step"]:11.1f} '
+              f'{100 * j["achieved_gflops"] / j["matmul_peak_gflops"]:13.0f}%',
+              flush=True)
   print('\nratio = JAX images/s / PyTorch images/s (> 1: JAX faster).')
   print(json.dumps(rows))
 

@@ -23,7 +23,12 @@ from etils import epath
 # Config fields that define the shapes of the saved pytree.
 _SHAPE_FIELDS = ('model', 'dataset.num_classes', 'dataset.num_channels',
                  'target.use', 'optimizer.name',
-                 'optimizer.fixed_predictor_lr')
+                 'optimizer.fixed_predictor_lr',
+                 'optimizer.predictor_lr_multiplier')
+# Model fields that change how, not what, is computed: free to differ.
+_NOT_SHAPE = ('model.conv_impl',)
+# What a checkpoint written before a field existed implicitly used.
+_SHAPE_DEFAULTS = {'optimizer.predictor_lr_multiplier': 1.0}
 
 
 class CheckpointMismatchError(ValueError):
@@ -126,12 +131,13 @@ def check_compatible(saved_config: dict, config, directory: str) -> None:
     try:
       old = _get(saved, field)
     except (KeyError, AttributeError):
-      old = None
+      old = _SHAPE_DEFAULTS.get(field)
     new = _get(config, field)
     if isinstance(old, dict) and isinstance(new, dict):
       keys = set(old) | set(new)
       diffs += [f'{field}.{k}: saved {old.get(k)!r}, config {new.get(k)!r}'
-                for k in sorted(keys) if _norm(old.get(k)) != _norm(new.get(k))]
+                for k in sorted(keys) if f'{field}.{k}' not in _NOT_SHAPE
+                and _norm(old.get(k)) != _norm(new.get(k))]
     elif _norm(old) != _norm(new):
       diffs.append(f'{field}: saved {old!r}, config {new!r}')
   if diffs:

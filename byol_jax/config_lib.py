@@ -37,7 +37,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.model = ml_collections.ConfigDict(dict(
       depth=50, width=1.0, stem='imagenet', head='byol',
       projector_hidden=(4096,), predictor_hidden=(4096,), projection_dim=256,
-      use_predictor=True, compute_dtype='float32'))
+      use_predictor=True, compute_dtype='float32',
+      # 'matmul': convolutions as one matmul over shifted patches
+      # (networks.matmul_conv): 2.2-2.5x faster ResNet steps on CPU.
+      conv_impl='xla'))
   # target.use=False: target = stop_gradient(online) (SimSiam, Table 5b rows).
   # schedule: 'cosine' (tau_base -> 1) or 'constant' (Table 5a's tau = 0).
   c.target = ml_collections.ConfigDict(dict(
@@ -49,7 +52,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(
       name='lars', base_lr=0.2, lr_scaling='linear', weight_decay=1.5e-6,
       momentum=0.9, trust_coefficient=1e-3, nesterov=False, warmup_epochs=10.0,
-      fixed_predictor_lr=False))
+      fixed_predictor_lr=False, predictor_lr_multiplier=1.0))
   # The online linear probe's own optimizer (SGD + Nesterov, constant LR, no
   # weight decay); it sees stop_gradient(embedding), so it never moves the
   # encoder, and LARS's trust ratio never throttles it.
@@ -206,6 +209,9 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
         f'model.head={m.head!r} is unknown; use one of '
         f'{sorted(networks.HEAD_PRESETS)}.')
   check(m.width * 64 >= 1, f'model.width={m.width} is too small (>= 1/64).')
+  check(m.get('conv_impl', 'xla') in networks.CONV_IMPLS,
+        f"model.conv_impl={m.get('conv_impl')!r}: use one of "
+        f'{networks.CONV_IMPLS}.')
   check(m.compute_dtype in ('float32', 'bfloat16'),
         f"model.compute_dtype={m.compute_dtype!r}: use 'float32' or "
         "'bfloat16'.")
@@ -215,6 +221,13 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
   check(config.optimizer.lr_scaling in ('linear', 'none'),
         f"optimizer.lr_scaling={config.optimizer.lr_scaling!r}: use "
         "'linear' or 'none'.")
+  check(config.optimizer.get('predictor_lr_multiplier', 1.0) > 0,
+        'optimizer.predictor_lr_multiplier='
+        f'{config.optimizer.get("predictor_lr_multiplier")} must be > 0.')
+  check(config.model.use_predictor
+        or config.optimizer.get('predictor_lr_multiplier', 1.0) == 1.0,
+        'optimizer.predictor_lr_multiplier is set but there is no predictor '
+        '(model.use_predictor=False); drop it.')
   check(config.loss.name in ('byol', 'simsiam'),
         f"loss.name={config.loss.name!r} is unknown; use 'byol' or "
         "'simsiam'.")

@@ -88,28 +88,45 @@ def build_optimizer(opt_config, lr_schedule: optax.Schedule,
   'lars' (BYOL): optax.lars, momentum 0.9, trust coefficient 1e-3; biases and
     BatchNorm parameters are masked out of weight decay and trust ratio.
   'sgd' (SimSiam): SGD with momentum and coupled weight decay (PyTorch
-    semantics); with `fixed_predictor_lr`, the predictor keeps the peak LR.
+    semantics).
   'adamw': AdamW, decay masked like LARS (small-scale CPU runs).
+
+  The predictor's LR, for any of them: the schedule times
+  `predictor_lr_multiplier`, or, with `fixed_predictor_lr` (SimSiam), the
+  peak LR times the multiplier at every step. A predictor that tracks its
+  optimum faster keeps BYOL away from collapse (BYOL section 3.2; Tian et
+  al. 2021 "Understanding self-supervised learning dynamics without
+  contrastive pairs").
   """
   name = opt_config.name
   if name == 'lars':
-    return optax.lars(
-        learning_rate=lr_schedule, weight_decay=opt_config.weight_decay,
-        weight_decay_mask=decay_mask, trust_coefficient=opt_config.trust_coefficient,
-        eps=0.0, trust_ratio_mask=decay_mask, momentum=opt_config.momentum)
-  if name == 'sgd':
-    def sgd(lr):
+    def make(lr):
+      return optax.lars(
+          learning_rate=lr, weight_decay=opt_config.weight_decay,
+          weight_decay_mask=decay_mask,
+          trust_coefficient=opt_config.trust_coefficient, eps=0.0,
+          trust_ratio_mask=decay_mask, momentum=opt_config.momentum)
+  elif name == 'sgd':
+    def make(lr):
       return optax.chain(
           optax.add_decayed_weights(opt_config.weight_decay),
           optax.sgd(lr, momentum=opt_config.momentum,
                     nesterov=opt_config.get('nesterov', False)))
-    if not opt_config.get('fixed_predictor_lr', False):
-      return sgd(lr_schedule)
-    return optax.multi_transform(
-        {'rest': sgd(lr_schedule), 'predictor': sgd(peak_lr)},
-        predictor_labels)
-  if name == 'adamw':
-    return optax.adamw(lr_schedule, weight_decay=opt_config.weight_decay,
-                       mask=decay_mask)
-  raise ValueError(
-      f"optimizer.name must be 'lars', 'sgd' or 'adamw', got {name!r}")
+  elif name == 'adamw':
+    def make(lr):
+      return optax.adamw(lr, weight_decay=opt_config.weight_decay,
+                         mask=decay_mask)
+  else:
+    raise ValueError(
+        f"optimizer.name must be 'lars', 'sgd' or 'adamw', got {name!r}")
+  multiplier = opt_config.get('predictor_lr_multiplier', 1.0)
+  fixed = opt_config.get('fixed_predictor_lr', False)
+  if multiplier == 1.0 and not fixed:
+    return make(lr_schedule)
+  if fixed:
+    predictor_lr = peak_lr * multiplier
+  else:
+    predictor_lr = lambda count: multiplier * lr_schedule(count)
+  return optax.multi_transform(
+      {'rest': make(lr_schedule), 'predictor': make(predictor_lr)},
+      predictor_labels)

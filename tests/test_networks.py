@@ -143,3 +143,64 @@ def test_bfloat16_compute_with_float32_params_stats_and_outputs():
                        m.name == 'stem_conv', mutable=['intermediates'])
   conv_out = jax.tree.leaves(inter['intermediates'])[0]
   assert conv_out.dtype == jnp.bfloat16
+
+
+@pytest.mark.parametrize('kernel,stride,size', [
+    (3, 1, 7), (3, 2, 8), (1, 2, 7), (7, 2, 11)])
+def test_matmul_conv_equals_xla_conv_values_and_gradients(kernel, stride, size):
+  """Same SAME-padding arithmetic as lax (odd and even sides, strides 1/2,
+  the 1x1/2 shortcut, the 7x7/2 stem), same outputs and gradients w.r.t.
+  input and kernel."""
+  x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+  k = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 5))
+
+  def run(conv):
+    def loss(x, k):
+      y = conv(x, k, (stride, stride), 'SAME',
+               dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      return jnp.sum(jnp.sin(y)), y
+    (_, y), grads = jax.jit(
+        jax.value_and_grad(loss, (0, 1), has_aux=True))(x, k)
+    return y, grads
+
+  y_ref, g_ref = run(jax.lax.conv_general_dilated)
+  y, g = run(networks.matmul_conv)
+  assert y.shape == y_ref.shape == (2, -(-size // stride), -(-size // stride), 5)
+  np.testing.assert_allclose(y, y_ref, atol=1e-4, rtol=1e-5)
+  for a, b in zip(g, g_ref):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize('block', ['BasicBlock', 'BottleneckBlock'])
+def test_matmul_conv_blocks_are_the_same_network(block):
+  """conv_impl changes how, not what: the same parameters (same tree, so a
+  checkpoint of one loads into the other) give the same outputs, here for
+  the downsampling block of each ResNet family."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  x = jax.random.normal(jax.random.key(0), (4, 8, 8, 6))
+  norm = functools.partial(nn.BatchNorm, use_running_average=False)
+  cls = getattr(networks, block)
+  ref = cls(filters=4, strides=2, norm=norm)
+  mm = cls(filters=4, strides=2, norm=norm, conv_impl='matmul')
+  variables = ref.init(jax.random.key(1), x)
+  assert (jax.tree.structure(variables) == jax.tree.structure(
+      jax.eval_shape(mm.init, jax.random.key(1), x)))
+
+  def apply(module):
+    return jax.jit(lambda v, x: module.apply(v, x, mutable=['batch_stats']))(
+        variables, x)
+  (y_ref, s_ref), (y, s) = apply(ref), apply(mm)
+  np.testing.assert_allclose(y, y_ref, atol=1e-4, rtol=1e-4)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5),
+               s, s_ref)
+  with pytest.raises(ValueError, match='conv_impl'):
+    networks.conv_module('cudnn')
+
+
+def test_matmul_conv_refuses_what_it_does_not_implement():
+  x, k = jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2))
+  with pytest.raises(NotImplementedError, match="conv_impl='xla'"):
+    networks.matmul_conv(x, k, (1, 1), 'SAME', rhs_dilation=(2, 2))
+  with pytest.raises(NotImplementedError, match="conv_impl='xla'"):
+    networks.matmul_conv(x, k, (1, 1), 'SAME',
+                         dimension_numbers=('NCHW', 'HWIO', 'NCHW'))

@@ -112,6 +112,27 @@ def test_simsiam_predictor_keeps_a_fixed_learning_rate():
   np.testing.assert_allclose(updates['encoder']['w'], [-0.25], rtol=1e-5)
 
 
+@pytest.mark.parametrize('name', ['lars', 'sgd'])
+def test_predictor_lr_multiplier_scales_only_the_predictor(name):
+  """LARS's step is lr * eta * |w| / |g| * g, SGD's lr * g: both linear in
+  the LR, so the predictor's update is exactly 10x the encoder's (same w, g),
+  at every step of the schedule."""
+  cfg = ml_collections.ConfigDict(dict(
+      name=name, weight_decay=0.0, momentum=0.0, trust_coefficient=1e-3,
+      predictor_lr_multiplier=10.0))
+  schedule = optim.learning_rate_schedule(0.5, total_steps=10, warmup_steps=0)
+  opt = optim.build_optimizer(cfg, schedule, peak_lr=0.5)
+  params = {'predictor': {'w': jnp.full((3, 2), 2.0)},
+            'encoder': {'w': jnp.full((3, 2), 2.0)}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  state = opt.init(params)
+  for _ in range(6):  # Step 5 of 10: the cosine is at half its peak.
+    updates, state = opt.update(grads, state, params)
+  base = -0.25 * (1e-3 * 2.0 if name == 'lars' else 1.0)
+  np.testing.assert_allclose(updates['encoder']['w'], base, rtol=1e-5)
+  np.testing.assert_allclose(updates['predictor']['w'], 10 * base, rtol=1e-5)
+
+
 def test_unknown_optimizer_is_refused():
   with pytest.raises(ValueError, match="'lars', 'sgd' or 'adamw'"):
     optim.build_optimizer(ml_collections.ConfigDict(dict(name='adam')),

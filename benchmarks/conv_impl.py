@@ -1,0 +1,76 @@
+r"""One convolution's forward + backward: XLA's convolution vs. matmul_conv.
+
+  PYTHONPATH=. .venv/bin/python benchmarks/conv_impl.py
+  PYTHONPATH=. .venv/bin/python benchmarks/conv_impl.py --shapes=r18_32
+
+Times jit(grad(sum(conv(x, w)**2))) w.r.t. input and kernel for the layer
+shapes of our benchmark networks, with `lax.conv_general_dilated` (what
+`model.conv_impl='xla'` runs) and with `networks.matmul_conv` (the kernel's
+kh*kw shifted slices of the input concatenated and multiplied by the
+reshaped kernel: `model.conv_impl='matmul'`), alternating the two in one
+run, and prints the ratio per layer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+
+from byol_jax import networks
+
+# (batch, side, in channels, out channels, kernel, stride) per network.
+SHAPES = {
+    # The demo: ResNet-18 width 1/8, small_pool stem, 28x28x1, batch 64
+    # (x2 views: the step runs each view through the encoder separately).
+    'demo': [(64, 28, 1, 8, 3, 1), (64, 14, 8, 8, 3, 1),
+             (64, 14, 8, 16, 3, 2), (64, 7, 16, 16, 3, 1),
+             (64, 4, 32, 32, 3, 1), (64, 2, 64, 64, 3, 1)],
+    # benchmarks/train_step.py's r18_32: width 1, small stem, batch 256.
+    'r18_32': [(256, 32, 3, 64, 3, 1), (256, 32, 64, 64, 3, 1),
+               (256, 32, 64, 128, 3, 2), (256, 16, 128, 128, 3, 1),
+               (256, 8, 256, 256, 3, 1), (256, 4, 512, 512, 3, 1)],
+    # r50_224: ResNet-50, ImageNet stem, batch 32.
+    'r50_224': [(32, 224, 3, 64, 7, 2), (32, 56, 64, 64, 1, 1),
+                (32, 56, 64, 64, 3, 1), (32, 56, 64, 256, 1, 1),
+                (32, 14, 256, 256, 3, 1), (32, 7, 2048, 512, 1, 1)],
+}
+
+
+def seconds_per_call(conv, x, w, stride, repeats):
+  def loss(x, w):
+    y = conv(x, w, (stride, stride), 'SAME',
+             dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jnp.sum(y * y)
+  step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  jax.block_until_ready(step(x, w))  # Compile.
+  start = time.perf_counter()
+  for _ in range(repeats):
+    jax.block_until_ready(step(x, w))
+  return (time.perf_counter() - start) / repeats
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p.add_argument('--shapes', default='demo,r18_32,r50_224',
+                 help=f'comma-separated, from {sorted(SHAPES)}')
+  p.add_argument('--repeats', type=int, default=3)
+  args = p.parse_args()
+  print(f'{"net":8s} {"layer (batch side cin->cout kxk/s)":36s} '
+        f'{"xla ms":>9s} {"matmul ms":>10s} {"matmul speed-up":>16s}')
+  for net in args.shapes.split(','):
+    for n, side, cin, cout, k, s in SHAPES[net]:
+      x = jax.random.normal(jax.random.key(0), (n, side, side, cin))
+      w = jax.random.normal(jax.random.key(1), (k, k, cin, cout)) * 0.1
+      xla = seconds_per_call(jax.lax.conv_general_dilated, x, w, s,
+                             args.repeats)
+      mm = seconds_per_call(networks.matmul_conv, x, w, s, args.repeats)
+      layer = f'b{n} {side}x{side} {cin}->{cout} {k}x{k}/{s}'
+      print(f'{net:8s} {layer:36s} {1e3 * xla:9.2f} {1e3 * mm:10.2f} '
+            f'{xla / mm:15.2f}x', flush=True)
+
+
+if __name__ == '__main__':
+  main()
