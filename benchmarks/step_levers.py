@@ -59,7 +59,7 @@ def _setup(args, conv_impl='xla'):
       {'view1': x, 'view2': x[::-1].copy(),
        'label': np.zeros(args.batch, np.int32)}, mesh)
   rng = train_step.replicate(jax.random.key(1), mesh)
-  return net, mesh, state, kwargs, batch, rng
+  return mesh, state, kwargs, batch, rng
 
 
 def _time_step(step, state, batch, rng, steps, sync=False):
@@ -75,7 +75,7 @@ def _time_step(step, state, batch, rng, steps, sync=False):
 
 
 def step_rate(args, lever=None):
-  net, mesh, state, kwargs, batch, rng = _setup(
+  mesh, state, kwargs, batch, rng = _setup(
       args, 'matmul' if lever == 'conv_impl=matmul' else 'xla')
   state = train_step.replicate(state, mesh)
   if lever == 'no donation':
