@@ -64,7 +64,9 @@ def init_state(rng: jax.Array, network: networks.SSLNetwork,
     if target_init == 'independent':
       target = init(target_key, dummy)
     elif target_init == 'copy':
-      target = online
+      # Own buffers, not aliases: the train step donates both trees, and one
+      # buffer donated twice is an error at the first step.
+      target = jax.tree.map(jnp.copy, online)
     else:
       raise ValueError(
           f"target.init must be 'independent' or 'copy', got {target_init!r}")

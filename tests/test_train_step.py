@@ -129,6 +129,24 @@ def test_target_init_independent_or_copy():
                                 leaf(copied.target_params))
 
 
+def test_copied_target_has_its_own_buffers():
+  """The trainer replicates init_state's arrays as they are (no host copy)
+  and the step donates online and target trees: one buffer in both is
+  'Attempt to donate the same buffer twice' at the first step."""
+  _, kwargs = _setup('byol')
+  state = ts.init_state(jax.random.key(0), kwargs['network'],
+                        kwargs['optimizer'], IMAGE_SHAPE, True,
+                        target_init='copy')
+  state = ts.replicate(state, ts.make_mesh(jax.devices()[:1]))
+  pointers = lambda tree: [  # noqa: E731
+      s.data.unsafe_buffer_pointer() for x in jax.tree.leaves(tree)
+      for s in x.addressable_shards]
+  online = pointers((state.online_params, state.online_batch_stats))
+  target = pointers((state.target_params, state.target_batch_stats))
+  assert len(online) == len(target) > 0
+  assert not set(online) & set(target)
+
+
 def test_simsiam_has_no_target_network():
   state, kwargs = _setup('simsiam')
   assert state.target_params is None and state.target_batch_stats is None
