@@ -24,6 +24,13 @@ def test_collapse_suite_variants_differ_only_in_their_factor():
     assert (c.model.depth, c.model.width, c.model.stem, c.batch_size,
             c.num_train_steps, c.seed) == (18, 0.125, 'small_pool', 64,
                                            suite.steps, 0)
+  # The BYOL settings docs/ablations.md was measured with.
+  for name in ('byol', 'byol_tau0', 'byol_tau1', 'byol_no_predictor',
+               'simclr'):
+    c = configs[name]
+    assert (c.target.init, c.optimizer.predictor_lr_multiplier) == (
+        'independent', 1.0)
+  assert configs['byol'].target.tau_base == 0.99
 
   def diff(a, b):
     fa, fb = _flat(configs[a].to_dict()), _flat(configs[b].to_dict())
