@@ -342,5 +342,6 @@ def simsiam_overrides(c):
   c.optimizer = ml_collections.ConfigDict(dict(
       name='sgd', base_lr=0.05, lr_scaling='linear', weight_decay=1e-4,
       momentum=0.9, nesterov=False, warmup_epochs=0.0,
-      fixed_predictor_lr=True, trust_coefficient=1e-3))
+      fixed_predictor_lr=True, predictor_lr_multiplier=1.0,
+      trust_coefficient=1e-3))
   return c
