@@ -40,7 +40,10 @@ def base_config() -> ml_collections.ConfigDict:
       use_predictor=True, compute_dtype='float32',
       # 'matmul': convolutions as one matmul over shifted patches
       # (networks.matmul_conv): 2.2-2.5x faster ResNet steps on CPU.
-      conv_impl='xla'))
+      conv_impl='xla',
+      # True: a projection shortcut in every stage's first block, as the
+      # official BYOL ResNet (differs from torchvision for ResNet-18/34 only).
+      official_shortcuts=False))
   # target.use=False: target = stop_gradient(online) (SimSiam, Table 5b rows).
   # schedule: 'cosine' (tau_base -> 1) or 'constant' (Table 5a's tau = 0).
   c.target = ml_collections.ConfigDict(dict(

@@ -126,6 +126,12 @@ def export(source: str, out: str, layout: str = 'flax',
     if model.stem != 'imagenet':
       raise ValueError(f'model.stem={model.stem!r}: torchvision ResNets have '
                        "the 'imagenet' stem (7x7/2 conv + max-pool) only.")
+    if (model.get('official_shortcuts', False)
+        and networks.RESNET_LAYOUTS[model.depth][0] == 'basic'):
+      raise ValueError(
+          f'ResNet-{model.depth} with official shortcuts (a projection in '
+          "layer1's first block) has no torchvision equivalent; use "
+          '--format=flax.')
     arrays = torchvision_state_dict(model, variables)
   metadata = {'format': FORMAT, 'layout': layout, 'model': model.to_dict(),
               'source': os.path.abspath(source), 'step': step,
@@ -153,7 +159,7 @@ def load_encoder(path: str) -> tuple[Callable, dict]:
     variables = _unflatten((k.split('/'), f[k]) for k in f.files
                            if k != '__metadata__')
   m = ml_collections.ConfigDict(metadata['model'])
-  encoder = networks.ResNet(depth=m.depth, width=m.width, stem=m.stem)
+  encoder = networks.build_encoder(m, compute_dtype='float32')
 
   @jax.jit
   def apply_fn(variables, images):

@@ -95,12 +95,14 @@ conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 
 
 class BasicBlock(nn.Module):
-  """ResNet v1 basic block: 3x3 -> 3x3, for ResNet-18/34."""
+  """ResNet v1 basic block: 3x3 -> 3x3, for ResNet-18/34; `projection`: a
+  1x1 conv + BatchNorm shortcut instead of the identity."""
   filters: int
   strides: int
   norm: Any
   dtype: Any = jnp.float32
   conv_impl: str = 'xla'
+  projection: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -112,7 +114,7 @@ class BasicBlock(nn.Module):
     y = nn.relu(self.norm()(y))
     y = conv(self.filters, (3, 3))(y)
     y = self.norm()(y)
-    if residual.shape != y.shape:
+    if self.projection:
       residual = conv(self.filters, (1, 1), (self.strides, self.strides),
                       name='shortcut_conv')(residual)
       residual = self.norm(name='shortcut_bn')(residual)
@@ -126,6 +128,7 @@ class BottleneckBlock(nn.Module):
   norm: Any
   dtype: Any = jnp.float32
   conv_impl: str = 'xla'
+  projection: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -137,7 +140,7 @@ class BottleneckBlock(nn.Module):
     y = conv(self.filters, (3, 3), (self.strides, self.strides))(y)
     y = nn.relu(self.norm()(y))
     y = self.norm()(conv(self.filters * 4, (1, 1))(y))
-    if residual.shape != y.shape:
+    if self.projection:
       residual = conv(self.filters * 4, (1, 1), (self.strides, self.strides),
                       name='shortcut_conv')(residual)
       residual = self.norm(name='shortcut_bn')(residual)
@@ -157,6 +160,12 @@ class ResNet(nn.Module):
       input side, 4x fewer FLOPs than 'small'; the CPU demo's stem).
     conv_impl: 'xla' (lax.conv_general_dilated) or 'matmul' (`matmul_conv`,
       faster on CPU for most layers; same parameters and outputs).
+    official_shortcuts: a projection shortcut (1x1 conv + BatchNorm) in the
+      first block of every stage, as the official BYOL ResNet (Haiku's
+      BlockGroup: use_projection for block 0); False (torchvision's layout)
+      projects only where the shape changes. They differ only for
+      ResNet-18/34, whose first block keeps its shape; official ResNet-18/34
+      checkpoints need True (`official_weights` sets it).
   """
   depth: int = 50
   width: float = 1.0
@@ -164,6 +173,7 @@ class ResNet(nn.Module):
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
   conv_impl: str = 'xla'
+  official_shortcuts: bool = False
 
   @property
   def num_features(self) -> int:
@@ -193,10 +203,14 @@ class ResNet(nn.Module):
       x = nn.relu(norm(name='stem_bn')(x))
       if self.stem == 'small_pool':
         x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
+    expansion = 4 if kind == 'bottleneck' else 1
     for i, num_blocks in enumerate(stages):
       for j in range(num_blocks):
         strides = 2 if i > 0 and j == 0 else 1
+        reshapes = strides != 1 or x.shape[-1] != base * 2**i * expansion
         x = block_cls(base * 2**i, strides, norm, self.dtype, self.conv_impl,
+                      projection=reshapes or (j == 0
+                                              and self.official_shortcuts),
                       name=f'stage{i + 1}_block{j + 1}')(x)
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
@@ -270,14 +284,25 @@ class SSLNetwork(nn.Module):
     return {k: v.astype(jnp.float32) for k, v in out.items()}
 
 
+def build_encoder(model_config, bn_axis_name: Optional[str] = None,
+                  compute_dtype: Optional[str] = None) -> ResNet:
+  """The ResNet described by `config.model`, computing in `compute_dtype`
+  (default: the config's). Saved configs of older runs may lack the newer
+  fields: their defaults apply."""
+  compute_dtype = compute_dtype or model_config.get('compute_dtype', 'float32')
+  return ResNet(depth=model_config.depth, width=model_config.width,
+                stem=model_config.stem, bn_axis_name=bn_axis_name,
+                dtype=jnp.dtype(compute_dtype),
+                conv_impl=model_config.get('conv_impl', 'xla'),
+                official_shortcuts=model_config.get('official_shortcuts',
+                                                    False))
+
+
 def build_network(model_config, num_classes: int,
                   bn_axis_name: Optional[str] = None) -> SSLNetwork:
   """Builds the network described by `config.model`."""
   dtype = jnp.dtype(model_config.get('compute_dtype', 'float32'))
-  encoder = ResNet(depth=model_config.depth, width=model_config.width,
-                   stem=model_config.stem, bn_axis_name=bn_axis_name,
-                   dtype=dtype,
-                   conv_impl=model_config.get('conv_impl', 'xla'))
+  encoder = build_encoder(model_config, bn_axis_name)
   proj_kw, pred_kw = HEAD_PRESETS[model_config.head]
   projector = MLPHead(hidden=tuple(model_config.projector_hidden),
                       out=model_config.projection_dim,

@@ -16,6 +16,17 @@ A pickle can run any code while it loads. `load_pickle` never imports what a
 file names: it rebuilds numpy arrays and plain containers, gives every class
 of the byol / haiku / optax / jax modules an inert stand-in, and refuses
 everything else (os.system, builtins.eval, ...) with `UnsafePickleError`.
+Both encodings of the official checkpointer (`byol/utils/checkpointing.py`,
+`dill.dump(..., protocol=2)`) are read:
+  - dill >= 0.3.6 wraps each array as `dill._dill._create_array(numpy
+    _reconstruct, args, state, npdict)`: accepted only with numpy's
+    `_reconstruct` as the function and no instance dict;
+  - dill 0.3.1-0.3.4 reach numpy through `_get_attr(_import_module(name),
+    attr)`: `_import_module` only of numpy's own modules and `_codecs`,
+    `_get_attr` only of numpy's reconstructors and `_codecs.encode`.
+Arrays are built with np.frombuffer from plain numeric dtypes (bool, int,
+uint, float, complex) and exactly shape x itemsize bytes, so a crafted dtype
+(object or structured fields read as pointers) cannot crash the process.
 """
 
 from __future__ import annotations
@@ -83,40 +94,165 @@ def _namedtuple(name, fieldnames, modulename=None, defaults=None):
   return cls
 
 
+# numpy's own modules, as pickles name them: numpy 1.x wrote numpy.core,
+# numpy 2 writes numpy._core; dill 0.3.1-0.3.4 import the C module
+# (_multiarray_umath) by name.
+_NUMPY_MODULES = ('numpy.core.multiarray', 'numpy._core.multiarray',
+                  'numpy.core._multiarray_umath',
+                  'numpy._core._multiarray_umath')
+# dtype kinds of plain numbers: bool, signed and unsigned ints, floats,
+# complex. Object, void (structured / subarray), string and datetime dtypes
+# are refused: an object dtype would read raw bytes as pointers.
+_PLAIN_KINDS = 'biufc'
+
+
+def _refuse(what: str):
+  raise UnsafePickleError(
+      f'Refusing to load {what}: official BYOL checkpoints hold only plain '
+      'numeric arrays.')
+
+
+class _Dtype:
+  """A numpy dtype named by the file, checked before numpy sees it: plain
+  numeric only, and a `__setstate__` that may only set the byte order."""
+
+  def __init__(self, name, align=False, copy=True):
+    del align, copy
+    if not isinstance(name, str) or len(name) > 8:
+      _refuse(f'dtype {name!r}')
+    try:
+      dtype = np.dtype(name)
+    except TypeError:
+      _refuse(f'dtype {name!r}')
+    if dtype.kind not in _PLAIN_KINDS or dtype.fields or dtype.subdtype:
+      _refuse(f'dtype {name!r}')
+    self.dtype = dtype
+
+  def __setstate__(self, state):
+    # (version, byteorder, subdescr, names, fields, elsize, alignment, flags
+    # [, metadata]) for plain dtypes is (3, '<', None, None, None, -1, -1, 0).
+    if (not isinstance(state, tuple) or len(state) not in (8, 9)
+        or state[1] not in ('<', '>', '|', '=')
+        or state[2:5] != (None, None, None) or state[5:8] != (-1, -1, 0)
+        or (len(state) == 9 and state[8] is not None)):
+      _refuse(f'dtype state {state!r:.200}')
+    if state[1] in '<>':
+      self.dtype = self.dtype.newbyteorder(state[1])
+
+
+def _dtype_of(value) -> np.dtype:
+  if not isinstance(value, _Dtype):
+    _refuse(f'an array whose dtype is {type(value).__name__}')
+  return value.dtype
+
+
+class _Array:
+  """An ndarray the file asks for (numpy's `_reconstruct(ndarray, (0,),
+  b'b')`), built by `__setstate__` from its shape, dtype and raw bytes with
+  np.frombuffer: the bytes must be exactly shape x itemsize."""
+
+  def __init__(self):
+    self.value = None
+
+  def __setstate__(self, state):
+    if (not isinstance(state, tuple) or len(state) != 5
+        or not isinstance(state[1], tuple) or not isinstance(state[4], bytes)
+        or not all(isinstance(d, int) and 0 <= d < 2**40 for d in state[1])):
+      _refuse(f'array state {type(state).__name__}')
+    _, shape, dtype, fortran, raw = state
+    dtype = _dtype_of(dtype)
+    size = int(np.prod(shape, dtype=np.float64))
+    if size * dtype.itemsize != len(raw):
+      _refuse(f'an array of shape {shape} {dtype} with {len(raw)} bytes')
+    self.value = np.frombuffer(raw, dtype).reshape(
+        shape, order='F' if fortran else 'C').copy()
+
+
+class _NdarrayClass:
+  """Stands for numpy.ndarray as an argument of `_reconstruct`; calling it
+  (numpy.ndarray(shape, dtype, buffer)) is refused."""
+
+  def __new__(cls, *args, **kwargs):
+    del args, kwargs
+    _refuse('a call of numpy.ndarray')
+
+
+def _reconstruct(cls, shape, typecode):
+  """numpy's `_reconstruct`, for a plain empty ndarray only."""
+  if cls is not _NdarrayClass or shape != (0,) or typecode not in (b'b', 'b'):
+    _refuse(f'_reconstruct({cls!r:.80}, {shape!r:.80}, {typecode!r:.20})')
+  return _Array()
+
+
+def _scalar(dtype, data=None):
+  """numpy's `scalar`: a plain numeric scalar from exactly itemsize bytes."""
+  dtype = _dtype_of(dtype)
+  if not isinstance(data, bytes) or len(data) != dtype.itemsize:
+    _refuse(f'a {dtype} scalar from {type(data).__name__}')
+  return np.frombuffer(data, dtype)[0]
+
+
+def _create_array(f, args, state, npdict=None):
+  """dill >= 0.3.6's `_create_array`: only with numpy's `_reconstruct` as its
+  function, and no instance dict (plain ndarrays have none)."""
+  if f is not _reconstruct or not isinstance(args, tuple) or npdict:
+    _refuse(f'dill._create_array with {getattr(f, "__name__", f)!r:.80}')
+  array = _reconstruct(*args)
+  array.__setstate__(state)
+  return array
+
+
 def _jax_array(fun, args, arr_state, aval_state):
   """jax.Array's pickle reconstructor, as a numpy array."""
   del aval_state
+  if fun is not _reconstruct:
+    _refuse('jax._reconstruct_array with a function other than numpy\'s')
   value = fun(*args)
   value.__setstate__(arr_state)
   return value
 
 
-# numpy 2 renamed numpy.core to numpy._core; files written with either load.
-_multiarray = getattr(np, '_core', None) or np.core
-_multiarray = _multiarray.multiarray
+class _Module(str):
+  """A module that dill 0.3.1-0.3.4 import by name (`_import_module`); only a
+  token for `_get_attr`, never imported."""
 
-_ALLOWED = {
-    ('numpy.core.multiarray', '_reconstruct'): _multiarray._reconstruct,  # pylint: disable=protected-access
-    ('numpy._core.multiarray', '_reconstruct'): _multiarray._reconstruct,  # pylint: disable=protected-access
-    ('numpy.core.multiarray', 'scalar'): _multiarray.scalar,
-    ('numpy._core.multiarray', 'scalar'): _multiarray.scalar,
-    ('numpy', 'ndarray'): np.ndarray,
-    ('numpy', 'dtype'): np.dtype,
-    ('collections', 'OrderedDict'): collections.OrderedDict,
-    ('builtins', 'dict'): dict, ('builtins', 'list'): list,
-    ('builtins', 'tuple'): tuple, ('builtins', 'set'): set,
-    ('builtins', 'frozenset'): frozenset, ('builtins', 'object'): object,
-    ('__builtin__', 'object'): object, ('copyreg', '_reconstructor'): None,
-    ('copy_reg', '_reconstructor'): None,
-    ('dill._dill', '_create_namedtuple'): _namedtuple,
-    ('jax._src.array', '_reconstruct_array'): _jax_array,
-    ('_codecs', 'encode'): None,
-}
+
+def _import_module(name, safe=False):
+  del safe
+  if name not in _NUMPY_MODULES + ('numpy', '_codecs'):
+    _refuse(f'dill._import_module({name!r:.80})')
+  return _Module(name)
+
+
+def _get_attr(module, name):
+  """dill 0.3.1-0.3.4's `_get_attr`: only to reach numpy's reconstructors
+  and `_codecs.encode` in the modules `_import_module` gave."""
+  if not isinstance(module, _Module) or not isinstance(name, str):
+    _refuse(f'dill._get_attr({module!r:.80}, {name!r:.80})')
+  found = _ALLOWED.get((str(module), name))
+  if found is None or found is _reconstructor:
+    _refuse(f'dill._get_attr({module!r:.80}, {name!r:.80})')
+  return found
+
+
+def _empty_bytes(*args):
+  """bytes() as protocol 2 writes b'' (non-empty bytes use _codecs.encode)."""
+  if args:
+    _refuse(f'bytes{args!r:.80}')
+  return b''
+
+
+def _load_type(name):
+  """dill's `_load_type`, which names builtin types: `bytes` only (dill
+  writes b'', the data of an empty array, as bytes())."""
+  if name != 'bytes':
+    _refuse(f'dill._load_type({name!r:.80})')
+  return _empty_bytes
 
 
 def _latin1(text, encoding='latin1'):
   """_codecs.encode as protocol 2 uses it for bytes: latin-1 only."""
-  if encoding not in ('latin1', 'latin-1'):
+  if encoding not in ('latin1', 'latin-1') or not isinstance(text, str):
     raise UnsafePickleError(f'_codecs.encode with {encoding!r} refused.')
   return text.encode('latin1')
 
@@ -132,14 +268,35 @@ def _reconstructor(cls, base, state):
   return obj
 
 
+_ALLOWED = {
+    **{(m, '_reconstruct'): _reconstruct for m in _NUMPY_MODULES},
+    **{(m, 'scalar'): _scalar for m in _NUMPY_MODULES},
+    ('numpy', 'ndarray'): _NdarrayClass,
+    ('numpy', 'dtype'): _Dtype,
+    ('collections', 'OrderedDict'): collections.OrderedDict,
+    ('builtins', 'dict'): dict, ('builtins', 'list'): list,
+    ('builtins', 'tuple'): tuple, ('builtins', 'set'): set,
+    ('builtins', 'frozenset'): frozenset, ('builtins', 'object'): object,
+    ('__builtin__', 'object'): object,
+    ('copyreg', '_reconstructor'): _reconstructor,
+    ('copy_reg', '_reconstructor'): _reconstructor,
+    ('_codecs', 'encode'): _latin1,
+    ('__builtin__', 'bytes'): _empty_bytes, ('builtins', 'bytes'): _empty_bytes,
+    ('dill._dill', '_load_type'): _load_type,
+    ('dill._dill', '_create_namedtuple'): _namedtuple,
+    ('dill._dill', '_create_array'): _create_array,
+    ('dill._dill', '_import_module'): _import_module,
+    ('dill._dill', '_get_attr'): _get_attr,
+    ('jax._src.array', '_reconstruct_array'): _jax_array,
+}
+
+
 class _RestrictedUnpickler(pickle.Unpickler):
 
   def find_class(self, module, name):
-    key = (module, name)
-    if key == ('_codecs', 'encode'):
-      return _latin1
-    if key in _ALLOWED:
-      return _ALLOWED[key] or _reconstructor
+    found = _ALLOWED.get((module, name))
+    if found is not None:
+      return found
     # Classes (CamelCase) of the known libraries get stand-ins; their
     # functions do not (a pickle can call any function it names).
     if (module.split('.')[0] in _STAND_IN_MODULES
@@ -161,6 +318,10 @@ def load_pickle(f: BinaryIO | bytes) -> Any:
 
 def _plain(obj):
   """Stand-ins and containers -> dicts / tuples / numpy arrays."""
+  if isinstance(obj, _Array):
+    if obj.value is None:
+      _refuse('an array without data')
+    return obj.value
   if isinstance(obj, StandIn):
     fields = getattr(obj, '_fields', None) or _KNOWN_FIELDS.get(obj._name)  # pylint: disable=protected-access
     if len(obj):  # A mapping (items set through SETITEMS).
@@ -217,7 +378,10 @@ def infer_model(params: Mapping[str, Any]) -> ml_collections.ConfigDict:
       projector_hidden=(proj,), predictor_hidden=(
           pred.shape[1] if pred is not None else proj,),
       projection_dim=out, use_predictor=pred is not None,
-      compute_dtype='float32'))
+      compute_dtype='float32',
+      # Every stage's first block has a projection shortcut (Haiku's
+      # BlockGroup); for ResNet-18/34 this is not torchvision's layout.
+      official_shortcuts=True))
 
 
 def _bn_name(haiku: str) -> str:
@@ -299,6 +463,11 @@ def load(path: str, which: str = 'online'
   state = data['experiment_state']
   params, bn_state = state[f'{which}_params'], state[f'{which}_state']
   model = infer_model(state['online_params'])
+  if which == 'target':  # The target's predictor is never used (BYOL 3.1).
+    unused = ('predictor/', 'classifier')
+    params = {k: v for k, v in params.items() if not k.startswith(unused)}
+    bn_state = {k: v for k, v in bn_state.items()
+                if not k.startswith(unused)}
   variables = convert(params, bn_state, model.depth)
   if which == 'target':  # No predictor; no classifier: a zero probe.
     model.use_predictor = False
@@ -310,8 +479,47 @@ def load(path: str, which: str = 'online'
     layer = variables['params'].get(net, {}).get('linear_out')
     if layer is not None and 'bias' not in layer:
       layer['bias'] = np.zeros(layer['kernel'].shape[1], np.float32)
+  _check_variables(build(model, variables), variables, path)
   step = int(np.asarray(data.get('step', 0)))
   return model, variables, step
+
+
+def _leaves(tree, prefix=()):
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      yield from _leaves(v, prefix + (k,))
+    else:
+      yield '/'.join(prefix + (k,)), tuple(np.shape(v))
+
+
+def _check_variables(network: networks.SSLNetwork, variables: dict,
+                     path: str) -> None:
+  """The converted leaves are exactly the network's, with its shapes (flax
+  ignores extra leaves without a word, which would run another network)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  side = 32
+  want = jax.eval_shape(
+      lambda: network.init(jax.random.key(0), jax.numpy.zeros(
+          (1, side, side, 3)), train=False))
+  want = dict(_leaves({k: want[k] for k in ('params', 'batch_stats')}))
+  have = dict(_leaves(variables))
+  extra = sorted(set(have) - set(want))
+  missing = sorted(set(want) - set(have))
+  shapes = sorted(k for k in set(want) & set(have) if want[k] != have[k])
+  problems = []
+  for what, names in (('not used by the network', extra),
+                      ('needed by the network but not in the file', missing)):
+    if names:
+      problems.append(f'{len(names)} leaves {what}: {", ".join(names[:4])}'
+                      + (' ...' if len(names) > 4 else ''))
+  if shapes:
+    problems.append('shapes differ: ' + ', '.join(
+        f'{k} {have[k]} vs {want[k]}' for k in shapes[:4]))
+  if problems:
+    raise ValueError(
+        f'{path} does not convert to the ResNet-{network.encoder.depth} it '
+        'describes: ' + '; '.join(problems) + '. Is it an official BYOL '
+        'checkpoint?')
 
 
 def build(model: ml_collections.ConfigDict, variables: dict

@@ -11,16 +11,17 @@ import pytest
 
 import byol_jax
 from byol_jax import export, networks, official_weights
-from test_official_weights import _official_layout, _write_official_pickle
+import dill
+from official_layout import official_layout, write_official_checkpoint
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 
 
 @pytest.fixture(scope='module')
 def official_file(tmp_path_factory):
-  params, state = _official_layout(np.random.RandomState(2))
+  params, state = official_layout(np.random.RandomState(2))
   path = tmp_path_factory.mktemp('official') / 'pretrain_res50x1.pkl'
-  _write_official_pickle(path, params, state)
+  write_official_checkpoint(path, params, state, dill.dump)
   return str(path)
 
 

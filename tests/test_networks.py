@@ -180,8 +180,9 @@ def test_matmul_conv_blocks_are_the_same_network(block):
   x = jax.random.normal(jax.random.key(0), (4, 8, 8, 6))
   norm = functools.partial(nn.BatchNorm, use_running_average=False)
   cls = getattr(networks, block)
-  ref = cls(filters=4, strides=2, norm=norm)
-  mm = cls(filters=4, strides=2, norm=norm, conv_impl='matmul')
+  ref = cls(filters=4, strides=2, norm=norm, projection=True)
+  mm = cls(filters=4, strides=2, norm=norm, conv_impl='matmul',
+           projection=True)
   variables = ref.init(jax.random.key(1), x)
   assert (jax.tree.structure(variables) == jax.tree.structure(
       jax.eval_shape(mm.init, jax.random.key(1), x)))
@@ -204,3 +205,20 @@ def test_matmul_conv_refuses_what_it_does_not_implement():
   with pytest.raises(NotImplementedError, match="conv_impl='xla'"):
     networks.matmul_conv(x, k, (1, 1), 'SAME',
                          dimension_numbers=('NCHW', 'HWIO', 'NCHW'))
+
+
+@pytest.mark.parametrize('depth', [18, 50])
+def test_official_shortcuts_project_every_stage_first_block(depth):
+  """torchvision's layout projects a shortcut only where the shape changes;
+  the official BYOL ResNet (Haiku BlockGroup) in every stage's first block.
+  They differ in ResNet-18's layer1 alone; ResNet-50 is the same tree."""
+  def shortcuts(official):
+    net = networks.ResNet(depth=depth, width=1 / 16, stem='imagenet',
+                          official_shortcuts=official)
+    params = jax.eval_shape(functools.partial(net.init, train=False),
+                            jax.random.key(0),
+                            jnp.zeros((1, 32, 32, 3)))['params']
+    return sorted(k for k, v in params.items() if 'shortcut_conv' in v)
+  first = ['stage1_block1', 'stage2_block1', 'stage3_block1', 'stage4_block1']
+  assert shortcuts(True) == first
+  assert shortcuts(False) == (first if depth == 50 else first[1:])

@@ -1,203 +1,68 @@
-"""DeepMind's BYOL checkpoints: a synthetic file in the official layout
-(class references included) converts to our flax ResNet-50 and gives the
-features of a Haiku-convention reference forward; pickles that try to run
-code are refused."""
+"""DeepMind's BYOL checkpoints: files written as the official checkpointer
+writes them (dill.dump, protocol 2; both dill encodings) convert to our flax
+networks and give the features of a reference forward written from the
+official block definitions; pickles that try to run code or to build unsafe
+arrays are refused without side effects."""
 
-import collections
+import io
 import os
 import pickle
 import subprocess
 import sys
-import types
 
+import dill
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from byol_jax import official_weights
+from official_layout import (official_layout, reference_forward,
+                             write_official_checkpoint)
 
-GROUPS = (3, 4, 6, 3)  # ResNet-50.
-
-
-def _official_layout(rng, width=1):
-  """Haiku params and state of BYOL's ResNet-50 (names as in
-  shared/reference/official-byol-r50-param-tree.txt), random values."""
-  params, state = {}, {}
-
-  def conv(name, k, cin, cout):
-    params[name] = {'w': (rng.randn(k, k, cin, cout)
-                          * np.sqrt(2 / (k * k * cin))).astype(np.float32)}
-
-  def bn(name, c, rank=4):
-    shape = (1,) * (rank - 1) + (c,)
-    # Small scales on each block's last BN keep the residual sum bounded.
-    lo, hi = (0.1, 0.3) if name.endswith('batchnorm_2') else (0.5, 1.5)
-    params[name] = {'scale': rng.uniform(lo, hi, shape).astype(np.float32),
-                    'offset': (0.1 * rng.randn(*shape)).astype(np.float32)}
-    for stat, value in (('mean_ema', 0.1 * rng.randn(*shape)),
-                        ('var_ema', rng.uniform(0.5, 1.5, shape))):
-      state[f'{name}/~/{stat}'] = {
-          'average': value.astype(np.float32),
-          'hidden': rng.randn(*shape).astype(np.float32),  # Not used.
-          'counter': np.array(1000, np.int32)}
-
-  base = 64 * width
-  conv('res_net50/~/initial_conv', 7, 3, base)
-  bn('res_net50/~/initial_batchnorm', base)
-  cin = base
-  for g, blocks in enumerate(GROUPS):
-    ch = base * 2**g
-    for b in range(blocks):
-      p = f'res_net50/~/block_group_{g}/~/block_{b}/~/'
-      if b == 0:
-        conv(p + 'shortcut_conv', 1, cin, ch * 4)
-        bn(p + 'shortcut_batchnorm', ch * 4)
-      conv(p + 'conv_0', 1, cin, ch)
-      bn(p + 'batchnorm_0', ch)
-      conv(p + 'conv_1', 3, ch, ch)
-      bn(p + 'batchnorm_1', ch)
-      conv(p + 'conv_2', 1, ch, ch * 4)
-      bn(p + 'batchnorm_2', ch * 4)
-      cin = ch * 4
-  for net, d_in in (('projector', cin), ('predictor', 256)):
-    params[f'{net}/linear'] = {
-        'w': (rng.randn(d_in, 4096) / np.sqrt(d_in)).astype(np.float32),
-        'b': (0.1 * rng.randn(4096)).astype(np.float32)}
-    bn(f'{net}/batch_norm', 4096, rank=2)
-    params[f'{net}/linear_1'] = {
-        'w': (rng.randn(4096, 256) / 64).astype(np.float32)}
-  params['classifier'] = {
-      'w': (rng.randn(cin, 1000) / np.sqrt(cin)).astype(np.float32),
-      'b': np.zeros(1000, np.float32)}
-  return params, state
-
-
-class _FlatMapping(collections.abc.Mapping):
-  """Like Haiku's old immutable params mapping: pickled by reference."""
-
-  def __init__(self, d):
-    self._d = dict(d)
-
-  def __getitem__(self, k):
-    return self._d[k]
-
-  def __iter__(self):
-    return iter(self._d)
-
-  def __len__(self):
-    return len(self._d)
-
-  def __reduce__(self):
-    return (type(self), (self._d,))
-
-
-def _write_official_pickle(path, params, state):
-  """Pickles (protocol 2, as dill writes it) with the official classes
-  referenced by module and name, then forgets those modules."""
-  byol_mod = types.ModuleType('byol')
-  exp_mod = types.ModuleType('byol.byol_experiment')
-  hk_mod = types.ModuleType('haiku._src.data_structures')
-  State = collections.namedtuple(  # noqa: N806
-      '_ByolExperimentState', ['online_params', 'target_params',
-                               'online_state', 'target_state', 'opt_state'])
-  State.__module__ = exp_mod.__name__
-  exp_mod._ByolExperimentState = State
-  _FlatMapping.__module__ = hk_mod.__name__
-  _FlatMapping.__qualname__ = _FlatMapping.__name__ = 'FlatMapping'
-  hk_mod.FlatMapping = _FlatMapping
-  mods = {'byol': byol_mod, 'byol.byol_experiment': exp_mod,
-          'haiku': types.ModuleType('haiku'),
-          'haiku._src': types.ModuleType('haiku._src'),
-          'haiku._src.data_structures': hk_mod}
-  saved = {k: sys.modules.get(k) for k in mods}
-  sys.modules.update(mods)
-  try:
-    target = {k: v for k, v in params.items()
-              if not k.startswith(('predictor', 'classifier'))}
-    opt_state = (optax.TraceState(trace={'w': np.zeros(3, np.float32)}),
-                 optax.EmptyState())
-    experiment_state = State(
-        online_params=_FlatMapping({k: _FlatMapping(v)
-                                    for k, v in params.items()}),
-        target_params=target, online_state=state, target_state=state,
-        opt_state=opt_state)
-    with open(path, 'wb') as f:
-      pickle.dump({'experiment_state': experiment_state,
-                   'step': np.array(300_000), 'rng': np.zeros(2, np.uint32)},
-                  f, protocol=2)
-  finally:
-    for k, v in saved.items():
-      if v is None:
-        sys.modules.pop(k, None)
-      else:
-        sys.modules[k] = v
-
-
-def _reference_forward(params, state, x):
-  """BYOL's ResNet-50 v1 + projector + classifier in Haiku's conventions,
-  written with jax.lax: TF 'SAME' padding, stride in the 3x3 conv,
-  BatchNorm in inference mode with the EMA 'average' statistics."""
-  def conv(x, name, stride):
-    return jax.lax.conv_general_dilated(
-        x, params[name]['w'], (stride, stride), 'SAME',
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-
-  def bn(x, name):
-    mean = state[f'{name}/~/mean_ema']['average']
-    var = state[f'{name}/~/var_ema']['average']
-    return ((x - mean) * jax.lax.rsqrt(var + 1e-5) * params[name]['scale']
-            + params[name]['offset'])
-
-  relu = jax.nn.relu
-  x = relu(bn(conv(x, 'res_net50/~/initial_conv', 2),
-              'res_net50/~/initial_batchnorm'))
-  x = jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1),
-                            (1, 2, 2, 1), 'SAME')
-  for g, blocks in enumerate(GROUPS):
-    for b in range(blocks):
-      p = f'res_net50/~/block_group_{g}/~/block_{b}/~/'
-      stride = 2 if g > 0 and b == 0 else 1
-      shortcut = x
-      if b == 0:
-        shortcut = bn(conv(x, p + 'shortcut_conv', stride),
-                      p + 'shortcut_batchnorm')
-      y = relu(bn(conv(x, p + 'conv_0', 1), p + 'batchnorm_0'))
-      y = relu(bn(conv(y, p + 'conv_1', stride), p + 'batchnorm_1'))
-      y = bn(conv(y, p + 'conv_2', 1), p + 'batchnorm_2')
-      x = relu(y + shortcut)
-  emb = jnp.mean(x, axis=(1, 2))
-  h = emb @ params['projector/linear']['w'] + params['projector/linear']['b']
-  h = relu(bn(h, 'projector/batch_norm'))
-  proj = h @ params['projector/linear_1']['w']
-  logits = emb @ params['classifier']['w'] + params['classifier']['b']
-  return {'embedding': emb, 'projection': proj, 'logits': logits}
+DATA = os.path.join(os.path.dirname(__file__), 'data')
+DILL034_FILE = os.path.join(DATA, 'official_r18_dill034.pkl')
+DILL034_KWARGS = dict(depth=18, width=1 / 16, hidden=32, out=16, classes=10)
 
 
 @pytest.fixture(scope='module')
 def official_file(tmp_path_factory):
-  params, state = _official_layout(np.random.RandomState(0))
+  """A ResNet-50 checkpoint written with today's dill (>= 0.3.6: arrays as
+  dill._dill._create_array)."""
+  params, state = official_layout(np.random.RandomState(0))
   path = tmp_path_factory.mktemp('official') / 'pretrain_res50x1.pkl'
-  _write_official_pickle(path, params, state)
+  write_official_checkpoint(path, params, state, dill.dump,
+                            rng=jax.random.PRNGKey(3))
   return path, params, state
 
 
-def test_the_official_layout_matches_the_reference_tree(official_file):
-  """The synthetic file has the published ResNet-50 tree (when the
-  reference listing is available next to the checkout)."""
+def test_fixtures_are_in_the_encodings_of_both_dill_generations(
+    official_file):
+  def globals_of(data):
+    import pickletools  # pylint: disable=g-import-not-at-top
+    return {arg for op, arg, _ in pickletools.genops(data)
+            if op.name == 'GLOBAL'}
+  new = globals_of(official_file[0].read_bytes())
+  old = globals_of(open(DILL034_FILE, 'rb').read())
+  assert 'dill._dill _create_array' in new and 'dill._dill _get_attr' not in new
+  assert {'dill._dill _import_module', 'dill._dill _get_attr'} <= old
+  assert 'dill._dill _create_array' not in old
+
+
+def test_the_official_layout_matches_the_released_tree(official_file):
+  """The test layout has the names and shapes of the released ResNet-50
+  (tests/data/official-byol-r50-param-tree.txt, read from the file)."""
   _, params, state = official_file
-  listing = os.path.join(os.path.dirname(__file__), '..', '..', 'shared',
-                         'reference', 'official-byol-r50-param-tree.txt')
-  if not os.path.exists(listing):
-    pytest.skip('shared/reference not available')
   want = set()
-  for line in open(listing):
-    parts = line.split()
-    if parts and parts[0] in ('P', 'S'):
-      want.add((parts[0], parts[1]) + ((parts[2],) if parts[0] == 'P'
-                                       else ()))
-  have = {('P', m, leaf) for m, leaves in params.items() for leaf in leaves}
+  with open(os.path.join(DATA, 'official-byol-r50-param-tree.txt')) as f:
+    for line in f:
+      parts = line.split(maxsplit=3)
+      if parts and parts[0] == 'P':
+        want.add(('P', parts[1], parts[2], parts[3].split(')')[0] + ')'))
+      elif parts and parts[0] == 'S':
+        want.add(('S', parts[1]))
+  have = {('P', m, leaf, str(v.shape)) for m, leaves in params.items()
+          for leaf, v in leaves.items()}
   have |= {('S', name) for name in state}
   assert have == want
 
@@ -210,12 +75,72 @@ def test_official_checkpoint_converts_to_the_same_features(official_file):
   network = official_weights.build(model, variables)
   x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
   ours = jax.jit(lambda v, x: network.apply(v, x, train=False))(variables, x)
-  ref = jax.jit(_reference_forward)(params, state, x)
+  ref = jax.jit(reference_forward)(params, state, x)
   for key in ('embedding', 'projection', 'logits'):
     scale = float(jnp.max(jnp.abs(ref[key])))  # float32 summation order.
     np.testing.assert_allclose(ours[key], ref[key], rtol=1e-4,
                                atol=1e-5 * scale, err_msg=key)
   assert float(jnp.std(ref['embedding'])) > 0.01  # Not a trivial match.
+
+
+def test_dill_034_file_loads_the_values_written():
+  """The committed file (tests/data/make_dill034_fixture.py, dill 0.3.4)
+  holds exactly the arrays its generator drew."""
+  params, state = official_layout(np.random.RandomState(34), **DILL034_KWARGS)
+  data = official_weights.read_checkpoint(DILL034_FILE)
+  assert data['step'] == 300_000
+  np.testing.assert_array_equal(data['rng'], [0, 34])
+  got = data['experiment_state']
+  assert set(got['online_params']) == set(params)
+  for module, leaves in params.items():
+    for leaf, value in leaves.items():
+      have = got['online_params'][module][leaf]
+      assert have.dtype == value.dtype and have.shape == value.shape
+      np.testing.assert_array_equal(have, value, err_msg=f'{module} {leaf}')
+  for name, ema in state.items():
+    for k, v in ema.items():
+      np.testing.assert_array_equal(got['online_state'][name][k], v)
+  assert got['online_state'][name]['counter'].dtype == np.int32
+
+
+@pytest.mark.parametrize('conv_impl', ['xla', 'matmul'])
+def test_official_resnet18_converts_with_its_layer1_shortcut(conv_impl):
+  """The official ResNet-18 projects the shortcut of every group's first
+  block, layer1's (64 -> 64, stride 1) too: the conversion builds that
+  network, and its outputs equal the reference forward."""
+  params, state = official_layout(np.random.RandomState(34), **DILL034_KWARGS)
+  model, variables, _ = official_weights.load(DILL034_FILE)
+  assert (model.depth, model.official_shortcuts) == (18, True)
+  assert 'shortcut_conv' in variables['params']['encoder']['stage1_block1']
+  model.conv_impl = conv_impl
+  network = official_weights.build(model, variables)
+  x = jax.random.normal(jax.random.key(2), (2, 40, 40, 3))
+  ours = jax.jit(lambda v, x: network.apply(v, x, train=False))(variables, x)
+  ref = jax.jit(lambda p, s, x: reference_forward(p, s, x, depth=18))(
+      params, state, x)
+  for key in ('embedding', 'projection', 'logits'):
+    scale = float(jnp.max(jnp.abs(ref[key])))
+    np.testing.assert_allclose(ours[key], ref[key], rtol=1e-4,
+                               atol=1e-5 * scale, err_msg=key)
+  assert float(jnp.std(ref['embedding'])) > 0.01
+
+
+def test_conversion_refuses_leaves_the_network_does_not_use(tmp_path):
+  params, state = official_layout(np.random.RandomState(1), **DILL034_KWARGS)
+  extra = dict(params)
+  extra['res_net18/~/block_group_1/~/block_1/~/shortcut_conv'] = {
+      'w': np.zeros((1, 1, 8, 8), np.float32)}
+  write_official_checkpoint(tmp_path / 'extra.pkl', extra, state, dill.dump)
+  with pytest.raises(ValueError, match=r'1 leaves not used by the network: '
+                     r'params/encoder/stage2_block2/shortcut_conv/kernel'):
+    official_weights.load(str(tmp_path / 'extra.pkl'))
+  missing = {k: v for k, v in params.items()
+             if k != 'res_net18/~/block_group_0/~/block_0/~/conv_1'}
+  write_official_checkpoint(tmp_path / 'missing.pkl', missing, state,
+                            dill.dump)
+  with pytest.raises(ValueError, match=r'needed by the network but not in the '
+                     r'file: params/encoder/stage1_block1/Conv_1/kernel'):
+    official_weights.load(str(tmp_path / 'missing.pkl'))
 
 
 def test_target_network_loads_without_predictor(official_file):
@@ -224,23 +149,72 @@ def test_target_network_loads_without_predictor(official_file):
   assert not model.use_predictor and 'predictor' not in variables['params']
 
 
-class _RunsCode:
-  def __init__(self, call, arg):
-    self.call, self.arg = call, arg
+# --- Files that try to run code ------------------------------------------
+
+class _Call:
+  """Pickles as `fn(*args)` (REDUCE), `fn` itself pickled as given."""
+
+  def __init__(self, fn, *args):
+    self.fn, self.args = fn, args
 
   def __reduce__(self):
-    return (self.call, (self.arg,))
+    return (self.fn, self.args)
 
 
-@pytest.mark.parametrize('call', [os.system, eval, exec, subprocess.Popen],
-                         ids=['os.system', 'eval', 'exec', 'Popen'])
-def test_a_pickle_that_runs_code_is_refused(tmp_path, call):
+class _Callable(_Call):
+  """A callable that pickles as `fn(*args)`: lets a pickle call the result of
+  a reconstructor (as dill 0.3.4's `_get_attr(module, name)(...)`)."""
+
+  def __call__(self, *args):
+    raise AssertionError('never called while pickling')
+
+
+def _import(name):
+  return _Callable(dill._dill._import_module, name)  # pylint: disable=protected-access
+
+
+def _attr(module, name):
+  return _Callable(dill._dill._get_attr, module, name)  # pylint: disable=protected-access
+
+
+def _dumps(obj):
+  buf = io.BytesIO()
+  pickle._Pickler(buf, protocol=2).dump(obj)  # pylint: disable=protected-access
+  return buf.getvalue()
+
+
+def _payloads(marker):
+  cmd = f'touch {marker}'
+  reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
+  arr_args = (np.ndarray, (0,), b'b')
+  return {
+      'reduce to os.system': _Call(os.system, cmd),
+      'reduce to eval': _Call(eval, f'open({str(marker)!r}, "w")'),
+      'reduce to exec': _Call(exec, f'open({str(marker)!r}, "w")'),
+      'reduce to Popen': _Call(subprocess.Popen, ['touch', str(marker)]),
+      'dill 0.3.4: _import_module(os)': _import('os'),
+      'dill 0.3.4: _get_attr(os, system)': _Call(
+          _attr(_import('os'), 'system'), cmd),
+      'dill 0.3.4: _get_attr(numpy, load)': _Call(
+          _attr(_import('numpy'), 'load'), str(marker)),
+      'dill 0.3.4: _get_attr(_codecs, decode)': _Call(
+          _attr(_import('_codecs'), 'decode'), b'x', 'rot13'),
+      'dill 0.3.4: _get_attr(numpy module, system)': _Call(
+          _attr(_import('numpy._core.multiarray'), 'system'), cmd),
+      'dill >= 0.3.6: _create_array(os.system)': _Call(
+          dill._dill._create_array, os.system, (cmd,), None, None),  # pylint: disable=protected-access
+      'dill >= 0.3.6: _create_array(dict)': _Call(
+          dill._dill._create_array, dict, (), None, None),  # pylint: disable=protected-access
+      'dill >= 0.3.6: _create_array with an instance dict': _Call(
+          dill._dill._create_array, reconstruct, arr_args,  # pylint: disable=protected-access
+          (1, (1,), np.dtype('f4'), False, b'\0' * 4), {'__class__': 1}),
+  }
+
+
+@pytest.mark.parametrize('name', sorted(_payloads('m')))
+def test_a_pickle_that_runs_code_is_refused(tmp_path, name):
   marker = tmp_path / 'pwned'
-  arg = (f'touch {marker}' if call is os.system else
-         f'open({str(marker)!r}, "w")' if call in (eval, exec) else
-         ['touch', str(marker)])
-  payload = pickle.dumps({'experiment_state': _RunsCode(call, arg)},
-                         protocol=2)
+  payload = _dumps({'experiment_state': _payloads(marker)[name]})
   with pytest.raises(official_weights.UnsafePickleError,
                      match='Refusing to load'):
     official_weights.load_pickle(payload)
@@ -248,9 +222,97 @@ def test_a_pickle_that_runs_code_is_refused(tmp_path, call):
 
 
 def test_functions_of_allowed_libraries_are_refused_too():
-  payload = pickle.dumps(_RunsCode(jax.numpy.asarray, [1]), protocol=2)
+  payload = pickle.dumps(_Call(jax.numpy.asarray, [1]), protocol=2)
   with pytest.raises(official_weights.UnsafePickleError, match='jax'):
     official_weights.load_pickle(payload)
+
+
+# --- Arrays: plain numbers or nothing -----------------------------------
+
+def _array_pickle(dtype_args, dtype_state, shape, raw, fortran=False):
+  """The opcodes numpy's ndarray.__reduce__ produces, with any dtype
+  arguments / state, shape and raw bytes (as a crafted file can)."""
+  reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
+
+  class Dtype:
+    def __reduce__(self):
+      return (np.dtype, dtype_args, dtype_state)
+
+  class Array:
+    def __reduce__(self):
+      return (reconstruct, (np.ndarray, (0,), b'b'),
+              (1, shape, Dtype(), fortran, raw))
+  return _dumps({'a': Array()})
+
+
+PLAIN = (3, '<', None, None, None, -1, -1, 0)
+
+
+def test_plain_arrays_of_every_numeric_kind_load(tmp_path):
+  for value in (np.arange(6, dtype=np.float32).reshape(2, 3),
+                np.asfortranarray(np.arange(6.0).reshape(2, 3)),
+                np.array([True, False]), np.arange(3, dtype='>i4'),
+                np.array([1 + 2j], np.complex64), np.array(7, np.uint8),
+                np.zeros((0, 4), np.float16)):
+    for dump in (pickle.dumps, dill.dumps):
+      got = official_weights.load_pickle(dump({'a': value}, protocol=2))['a']
+      got = official_weights._plain(got)  # pylint: disable=protected-access
+      assert got.dtype == value.dtype and got.shape == value.shape
+      np.testing.assert_array_equal(got, value)
+
+
+def test_a_structured_object_dtype_is_refused_not_dereferenced():
+  """Only allow-listed names: a structured dtype with an object field whose
+  raw bytes would be read as pointers (a segfault in numpy) is refused."""
+  state = (3, '|', None, ('f0',), {'f0': (np.dtype('O'), 0)}, 8, 1, 0)
+  payload = _array_pickle(('V8', False, True), state, (4,), b'A' * 32)
+  with pytest.raises(official_weights.UnsafePickleError):
+    official_weights._plain(official_weights.load_pickle(payload))  # pylint: disable=protected-access
+
+
+def test_array_fuzz_loads_plain_numbers_or_refuses():
+  """Many generated dtype / state / size combinations (run in a child
+  process, so a crash would show as a signal, not kill the suite): every
+  one either loads as a plain numeric array of the declared size or is
+  refused with UnsafePickleError."""
+  script = r'''
+import itertools, pickle, sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+from test_official_weights import _array_pickle, PLAIN
+from byol_jax import official_weights as ow
+names = ['f4', 'i8', 'b1', 'u2', 'c8', 'O', 'O8', 'V8', 'V16', 'S4', 'U2',
+         'M8', 'm8', ('f4', (2,)), [('a', 'O')], 'f4,O', object, 7, b'f4']
+states = [PLAIN, (3, '>', None, None, None, -1, -1, 0),
+          (3, '|', None, ('f0',), {'f0': (np.dtype('O'), 0)}, 8, 1, 0),
+          (3, '|', (np.dtype('O'), (1,)), None, None, 8, 1, 0),
+          (3, '<', None, None, None, 8, 1, 63), (3, '<', None, None, None,
+          -1, -1, 0, {'k': 1}), None, (4,), 'x']
+shapes = [(8,), (2,), (1, 2, 3), (0,), (2, 2)]
+loaded = refused = 0
+for name, state, shape in itertools.product(names, states, shapes):
+  for raw in [b'\x01' * n for n in (0, 1, 2, 4, 7, 8, 16, 48)] + ['str']:
+    try:
+      payload = _array_pickle((name, False, True), state, shape, raw)
+    except Exception:  # Not even picklable: nothing to test.
+      continue
+    try:
+      a = ow._plain(ow.load_pickle(payload))['a']
+    except ow.UnsafePickleError:
+      refused += 1
+      continue
+    assert isinstance(a, np.ndarray) and a.dtype.kind in 'biufc', a
+    assert a.nbytes == len(raw) and a.shape == shape
+    loaded += 1
+print(loaded, refused)
+'''
+  r = subprocess.run([sys.executable, '-c', script, os.path.dirname(__file__)],
+                     capture_output=True, text=True, timeout=300,
+                     cwd=os.path.dirname(__file__) + '/..',
+                     env={**os.environ, 'PYTHONPATH': os.path.dirname(
+                         __file__) + '/..'})
+  assert r.returncode == 0, r.stderr[-3000:]
+  loaded, refused = map(int, r.stdout.split())
+  assert loaded >= 20 and refused >= 4000, (loaded, refused)
 
 
 def test_evaluate_reads_an_official_file(official_file, tmp_path):

@@ -59,8 +59,7 @@ def extract_features(checkpoint: str, dataset, split: str,
   """(features (N, F) float32, labels (N,)) of every example of `split`."""
   model, variables, _ = export.read_source(checkpoint)
   mesh = train_step.make_mesh()
-  encoder = networks.ResNet(depth=model.depth, width=model.width,
-                            stem=model.stem)
+  encoder = networks.build_encoder(model, compute_dtype='float32')
   embed = evaluate.make_embed_fn(encoder, mesh)
   source = input_pipeline.load_source(dataset, split)
   batches = input_pipeline.eval_batches(
