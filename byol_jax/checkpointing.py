@@ -24,11 +24,24 @@ from etils import epath
 _SHAPE_FIELDS = ('model', 'dataset.num_classes', 'dataset.num_channels',
                  'target.use', 'optimizer.name',
                  'optimizer.fixed_predictor_lr',
-                 'optimizer.predictor_lr_multiplier')
+                 'optimizer.predictor_lr_multiplier', 'optimizer.lars_order')
 # Model fields that change how, not what, is computed: free to differ.
 _NOT_SHAPE = ('model.conv_impl',)
-# What a checkpoint written before a field existed implicitly used.
-_SHAPE_DEFAULTS = {'optimizer.predictor_lr_multiplier': 1.0}
+# What a checkpoint written before a field existed implicitly used, given
+# the saved config: LARS runs then used optax.lars (the LR before the
+# momentum trace: another optimizer-state layout and other updates).
+_SHAPE_DEFAULTS = {
+    'optimizer.predictor_lr_multiplier': lambda saved: 1.0,
+    'optimizer.lars_order': lambda saved: (
+        'optax' if saved.optimizer.name == 'lars' else None),
+}
+# What to do about a difference, where there is more to say.
+_HINTS = {
+    'optimizer.lars_order': (
+        "A checkpoint with lars_order 'optax' was written with optax.lars's "
+        'update order (byol_jax before the official LARS order became the '
+        'default); resume it with --config.optimizer.lars_order=optax.'),
+}
 
 
 class CheckpointMismatchError(ValueError):
@@ -127,12 +140,18 @@ def check_compatible(saved_config: dict, config, directory: str) -> None:
   """Raises if the saved checkpoint cannot hold this config's state."""
   saved = ml_collections.ConfigDict(saved_config)
   diffs = []
+  hints = []
   for field in _SHAPE_FIELDS:
     try:
       old = _get(saved, field)
     except (KeyError, AttributeError):
-      old = _SHAPE_DEFAULTS.get(field)
-    new = _get(config, field)
+      old = _SHAPE_DEFAULTS.get(field, lambda saved: None)(saved)
+    try:
+      new = _get(config, field)
+    except (KeyError, AttributeError):  # e.g. lars_order of an SGD config.
+      new = None
+    if field in _HINTS and _norm(old) != _norm(new):
+      hints.append(_HINTS[field])
     if isinstance(old, dict) and isinstance(new, dict):
       keys = set(old) | set(new)
       diffs += [f'{field}.{k}: saved {old.get(k)!r}, config {new.get(k)!r}'
@@ -145,7 +164,7 @@ def check_compatible(saved_config: dict, config, directory: str) -> None:
         f'The checkpoint in {directory} was written for a different model:\n'
         + '\n'.join('  ' + d for d in diffs)
         + '\nUse a new --workdir, or the config of that run. The checkpoint '
-        'was left untouched.')
+        'was left untouched.' + ''.join('\n' + h for h in hints))
 
 
 def _norm(v):

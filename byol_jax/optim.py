@@ -81,14 +81,56 @@ def with_probe_optimizer(ssl_optimizer: optax.GradientTransformation,
                                probe_labels)
 
 
+LARS_ORDERS = ('official', 'optax')
+
+
+def lars(learning_rate: optax.ScalarOrSchedule, weight_decay: float,
+         momentum: float = 0.9, trust_coefficient: float = 1e-3,
+         order: str = 'official') -> optax.GradientTransformation:
+  """LARS (You et al. 2017) as BYOL's official code runs it
+  (byol/utils/optimizers.py), built from optax transformations:
+
+    u_t = g_t + wd * w_t                       (add_decayed_weights, masked)
+    u_t *= eta * ||w_t|| / ||u_t||, 1 if either norm is 0
+                                               (scale_by_trust_ratio, masked)
+    m_t = momentum * m_{t-1} + u_t             (trace)
+    w_{t+1} = w_t - lr_t * m_t                 (scale_by_learning_rate)
+
+  Biases and BatchNorm parameters are masked out of both the decay and the
+  trust ratio (`decay_mask`; the official `exclude_bias_and_norm`). The
+  learning rate multiplies the momentum trace, so under warm-up and cosine
+  decay each step moves by the current LR times the accumulated updates.
+
+  order='optax' is `optax.lars` (the LR scales each update before the trace:
+  the trace then carries past learning rates; the same only at a constant
+  LR): kept to resume checkpoints written before the official order became
+  the default, whose optimizer state has that layout.
+  """
+  if order == 'optax':
+    return optax.lars(
+        learning_rate=learning_rate, weight_decay=weight_decay,
+        weight_decay_mask=decay_mask, trust_coefficient=trust_coefficient,
+        eps=0.0, trust_ratio_mask=decay_mask, momentum=momentum)
+  if order != 'official':
+    raise ValueError(f'lars order {order!r}: use one of {LARS_ORDERS}.')
+  return optax.chain(
+      optax.add_decayed_weights(weight_decay, mask=decay_mask),
+      optax.masked(optax.scale_by_trust_ratio(
+          trust_coefficient=trust_coefficient), decay_mask),
+      optax.trace(decay=momentum),
+      optax.scale_by_learning_rate(learning_rate))
+
+
 def build_optimizer(opt_config, lr_schedule: optax.Schedule,
                     peak_lr: float) -> optax.GradientTransformation:
   """The network's optimizer named by `config.optimizer.name`.
 
-  'lars' (BYOL): optax.lars, momentum 0.9, trust coefficient 1e-3; biases and
-    BatchNorm parameters are masked out of weight decay and trust ratio.
-  'sgd' (SimSiam): SGD with momentum and coupled weight decay (PyTorch
-    semantics).
+  'lars' (BYOL): `lars` above, the official update order (momentum before
+    the learning rate), momentum 0.9, trust coefficient 1e-3, biases and
+    BatchNorm parameters masked out of weight decay and trust ratio.
+  'sgd' (SimSiam): PyTorch's SGD: coupled weight decay, then the momentum
+    trace, then the learning rate (g + wd w -> buf = m buf + . -> w -= lr
+    buf), as SimSiam's official code (torch.optim.SGD) runs it.
   'adamw': AdamW, decay masked like LARS (small-scale CPU runs).
 
   The predictor's LR, for any of them: the schedule times
@@ -101,11 +143,10 @@ def build_optimizer(opt_config, lr_schedule: optax.Schedule,
   name = opt_config.name
   if name == 'lars':
     def make(lr):
-      return optax.lars(
-          learning_rate=lr, weight_decay=opt_config.weight_decay,
-          weight_decay_mask=decay_mask,
-          trust_coefficient=opt_config.trust_coefficient, eps=0.0,
-          trust_ratio_mask=decay_mask, momentum=opt_config.momentum)
+      return lars(lr, weight_decay=opt_config.weight_decay,
+                  momentum=opt_config.momentum,
+                  trust_coefficient=opt_config.trust_coefficient,
+                  order=opt_config.get('lars_order', 'official'))
   elif name == 'sgd':
     def make(lr):
       return optax.chain(

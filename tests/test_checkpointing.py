@@ -25,3 +25,21 @@ def test_resume_allows_how_refuses_what():
   with pytest.raises(checkpointing.CheckpointMismatchError,
                      match='model.width: saved 1.0, config 2.0'):
     checkpointing.check_compatible(saved.to_dict(), c, 'DIR')
+
+
+def test_a_checkpoint_of_optax_lars_order_is_refused_with_what_to_do():
+  """LARS checkpoints written before the official update order became the
+  default hold optax.lars's optimizer state (another layout, other
+  updates): resuming them with the default is refused, naming the flag that
+  resumes them; SGD checkpoints of that time are unaffected."""
+  old = config_lib.base_config().to_dict()
+  del old['optimizer']['lars_order']
+  with pytest.raises(checkpointing.CheckpointMismatchError,
+                     match=r"(?s)lars_order: saved 'optax', config 'official'"
+                     r'.*--config.optimizer.lars_order=optax'):
+    checkpointing.check_compatible(old, config_lib.base_config(), 'DIR')
+  c = config_lib.base_config()
+  c.optimizer.lars_order = 'optax'
+  checkpointing.check_compatible(old, c, 'DIR')
+  simsiam = config_lib.simsiam_overrides(config_lib.base_config())
+  checkpointing.check_compatible(simsiam.to_dict(), simsiam, 'DIR')

@@ -191,3 +191,137 @@ def test_probe_learns_linearly_separable_features():
     params, state = step(params, state)
   logits = feats @ params['probe']['kernel'] + params['probe']['bias']
   assert float(jnp.mean(jnp.argmax(logits, -1) == labels)) >= 0.99
+
+
+# --- Update order under a schedule, against numpy transcriptions ----------
+
+def _trajectory_params():
+  """Leaves of each kind the masks meet: decayed + adapted kernels (one at
+  zero: trust ratio 1), excluded biases and BatchNorm scale / bias."""
+  rng = np.random.RandomState(0)
+  return {
+      'encoder': {'Conv_0': {'kernel': rng.randn(3, 3, 2, 4)},
+                  'zero': {'kernel': np.zeros((4, 3))},
+                  'BatchNorm_0': {'scale': 1 + 0.1 * rng.randn(4),
+                                  'bias': 0.1 * rng.randn(4)}},
+      'projector': {'linear1': {'kernel': rng.randn(4, 5),
+                                'bias': rng.randn(5)}}}
+
+
+def _grad(params, coeffs):
+  """Gradient of sum(c w^2 / 2 + d w): depends on the weights, so the
+  trajectory depends on every earlier update."""
+  return jax.tree.map(lambda w, cd: cd[0] * w + cd[1], params, coeffs)
+
+
+def _run_optax(opt, params, coeffs, steps):
+  params = jax.tree.map(jnp.asarray, params)
+  state = opt.init(params)
+  out = []
+  for _ in range(steps):
+    updates, state = opt.update(_grad(params, coeffs), state, params)
+    params = optax.apply_updates(params, updates)
+    out.append(params)
+  return out
+
+
+def _np_schedule(t, peak, warmup, total):
+  """Linear warm-up from 0, then cosine to 0 (BYOL appendix C)."""
+  if t < warmup:
+    return peak * t / warmup
+  return peak * 0.5 * (1 + np.cos(np.pi * (t - warmup) / (total - warmup)))
+
+
+def _np_official_lars(params, coeffs, steps, lr, wd, momentum, eta):
+  """byol/utils/optimizers.py transcribed: u = g + wd w; u *= eta |w| / |u|
+  (1 if either norm is 0); both skipped for biases and BatchNorm ('b' /
+  'norm' in the Haiku path: our 'bias' / 'scale'); m = momentum m + u;
+  w -= lr_t m."""
+  flat, tree = jax.tree_util.tree_flatten_with_path(params)
+  names = [jax.tree_util.keystr(p) for p, _ in flat]
+  w = [np.array(v, np.float64) for _, v in flat]
+  c = jax.tree.leaves(coeffs, is_leaf=lambda x: isinstance(x, tuple))
+  m = [np.zeros_like(v) for v in w]
+  out = []
+  for t in range(steps):
+    for i, name in enumerate(names):
+      g = c[i][0] * w[i] + c[i][1]
+      excluded = name.endswith("['bias']") or name.endswith("['scale']")
+      u = g if excluded else g + wd * w[i]
+      if not excluded:
+        pn, un = np.linalg.norm(w[i]), np.linalg.norm(u)
+        u = u * (eta * pn / un if pn > 0 and un > 0 else 1.0)
+      m[i] = momentum * m[i] + u
+      w[i] = w[i] - lr(t) * m[i]
+    out.append(jax.tree_util.tree_unflatten(tree, [v.copy() for v in w]))
+  return out
+
+
+def _np_pytorch_sgd(params, coeffs, steps, lr, wd, momentum):
+  """torch.optim.SGD (dampening 0, no Nesterov) transcribed: d = g + wd w;
+  buf = d at the first step, then momentum buf + d; w -= lr_t buf."""
+  w = jax.tree.map(lambda v: np.array(v, np.float64), params)
+  leaves, tree = jax.tree.flatten(w)
+  c = jax.tree.leaves(coeffs, is_leaf=lambda x: isinstance(x, tuple))
+  buf = [None] * len(leaves)
+  out = []
+  for t in range(steps):
+    for i, v in enumerate(leaves):
+      d = c[i][0] * v + c[i][1] + wd * v
+      buf[i] = d if buf[i] is None else momentum * buf[i] + d
+      leaves[i] = v - lr(t) * buf[i]
+    out.append(jax.tree.unflatten(tree, list(leaves)))
+  return out
+
+
+def _coeffs(params):
+  rng = np.random.RandomState(1)
+  return jax.tree.map(lambda w: (rng.uniform(0.5, 2.0), rng.randn(*w.shape)),
+                      params)
+
+
+def _max_rel(a, b):
+  return max(float(np.max(np.abs(x - y)) / max(np.max(np.abs(y)), 1e-12))
+             for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize('order', ['official', 'optax'])
+def test_lars_trajectory_is_the_official_update_order(order):
+  """Six steps under a fast warm-up + cosine schedule equal the official
+  formulas (momentum on the unscaled update, then -lr_t) to 1e-6 relative,
+  masks included; optax.lars's order (LR before the momentum) does not."""
+  params = _trajectory_params()
+  coeffs = _coeffs(params)
+  peak, warmup, total = 0.8, 2, 6
+  cfg = ml_collections.ConfigDict(dict(
+      name='lars', weight_decay=0.05, momentum=0.9, trust_coefficient=0.1,
+      lars_order=order))
+  ours = _run_optax(optim.build_optimizer(
+      cfg, optim.learning_rate_schedule(peak, total, warmup), peak),
+      params, coeffs, total)
+  ref = _np_official_lars(params, coeffs, total,
+                          lambda t: _np_schedule(t, peak, warmup, total),
+                          wd=0.05, momentum=0.9, eta=0.1)
+  errors = [_max_rel(ours[t], ref[t]) for t in range(total)]
+  if order == 'official':
+    assert max(errors) < 1e-6, errors
+  else:
+    assert max(errors) > 0.05, errors
+
+
+def test_simsiam_sgd_trajectory_is_pytorch_sgd():
+  """SimSiam's SGD (coupled decay, momentum, then the LR) equals
+  torch.optim.SGD's formulas under a cosine schedule."""
+  params = _trajectory_params()
+  coeffs = _coeffs(params)
+  peak, total = 0.3, 6
+  cfg = ml_collections.ConfigDict(dict(name='sgd', weight_decay=0.01,
+                                       momentum=0.9, nesterov=False))
+  ours = _run_optax(optim.build_optimizer(
+      cfg, optim.learning_rate_schedule(peak, total, 0), peak),
+      params, coeffs, total)
+  ref = _np_pytorch_sgd(params, coeffs, total,
+                        lambda t: _np_schedule(t, peak, 0, total),
+                        wd=0.01, momentum=0.9)
+  errors = [_max_rel(ours[t], ref[t]) for t in range(total)]
+  assert max(errors) < 1e-6, errors

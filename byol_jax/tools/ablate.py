@@ -71,9 +71,12 @@ _ENCODER = {'model.depth': 18, 'model.width': 0.125,
 # since the demo moved on (copied target, tau_base 0.97, 10x predictor LR):
 # the official independent target init keeps tau = 1 "a fixed random
 # target", and the no-predictor variants cannot take a predictor multiplier.
+# The suite ran with optax.lars's update order (the LR before the momentum),
+# the default until the official order replaced it.
 # Config file -> fields set before everything else.
 _PINNED = {_BYOL: {'target.init': 'independent', 'target.tau_base': 0.99,
-                   'optimizer.predictor_lr_multiplier': 1.0}}
+                   'optimizer.predictor_lr_multiplier': 1.0,
+                   'optimizer.lars_order': 'optax'}}
 # SimSiam's base LR at this scale: 600-step probes at batch 64 gave kNN
 # 0.517 (LR 0.1, the config's, at 300 steps), 0.654 (0.5, smooth loss, std
 # near healthy) and 0.669 (2.0, loss oscillating, online probe 0.28 vs
