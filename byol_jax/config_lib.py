@@ -7,11 +7,12 @@ compiled, and says what to change.
 
 from __future__ import annotations
 
+import fractions
 import re
 
 import ml_collections
 
-from byol_jax import augment, networks
+from byol_jax import augment, networks, optim
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -52,10 +53,14 @@ def base_config() -> ml_collections.ConfigDict:
   # meaningful without a target network (SimCLR, SimSiam's collapse row).
   c.loss = ml_collections.ConfigDict(dict(
       name='byol', alpha=0.1, beta=0.0, stop_gradient=True))
+  # lars_order: 'official' (momentum, then the LR: byol/utils/optimizers.py)
+  # or 'optax' (optax.lars: the LR before the momentum; only to resume
+  # checkpoints written before the official order was the default).
   c.optimizer = ml_collections.ConfigDict(dict(
       name='lars', base_lr=0.2, lr_scaling='linear', weight_decay=1.5e-6,
       momentum=0.9, trust_coefficient=1e-3, nesterov=False, warmup_epochs=10.0,
-      fixed_predictor_lr=False, predictor_lr_multiplier=1.0))
+      fixed_predictor_lr=False, predictor_lr_multiplier=1.0,
+      lars_order='official'))
   # The online linear probe's own optimizer (SGD + Nesterov, constant LR, no
   # weight decay); it sees stop_gradient(embedding), so it never moves the
   # encoder, and LARS's trust ratio never throttles it.
@@ -179,15 +184,27 @@ def use_preset_augment(config, name: str) -> None:
 
 
 def steps_per_epoch(config, num_train_examples: int) -> int:
+  """Whole batches per epoch: the epoch boundaries of logging and periodic
+  evaluations (run lengths use `epochs_to_steps`)."""
   return max(num_train_examples // config.batch_size, 1)
+
+
+def epochs_to_steps(epochs: float, num_train_examples: int,
+                    batch_size: int) -> int:
+  """The official run length: epochs * num_examples // batch_size
+  (byol/configs/byol.py: 1000 ImageNet epochs at batch 4096 are 312,784
+  steps, 10 warm-up epochs 3,127). Fractional epochs are allowed; they are
+  read as the decimal written (3.628, not its binary float), so the count
+  never depends on float rounding."""
+  exact = fractions.Fraction(repr(float(epochs))) * num_train_examples
+  return int(exact // batch_size)
 
 
 def total_steps(config, num_train_examples: int) -> int:
   if config.num_train_steps > 0:
     return config.num_train_steps
-  # Fractional epochs are allowed (e.g. 3.5 for a CPU time budget).
-  return int(round(config.num_epochs
-                   * steps_per_epoch(config, num_train_examples)))
+  return max(epochs_to_steps(config.num_epochs, num_train_examples,
+                             config.batch_size), 1)
 
 
 class ConfigError(ValueError):
@@ -224,6 +241,10 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
   check(config.optimizer.lr_scaling in ('linear', 'none'),
         f"optimizer.lr_scaling={config.optimizer.lr_scaling!r}: use "
         "'linear' or 'none'.")
+  check(config.optimizer.name != 'lars'
+        or config.optimizer.get('lars_order', 'official') in optim.LARS_ORDERS,
+        f"optimizer.lars_order={config.optimizer.get('lars_order')!r}: use "
+        f'one of {optim.LARS_ORDERS}.')
   check(config.optimizer.get('predictor_lr_multiplier', 1.0) > 0,
         'optimizer.predictor_lr_multiplier='
         f'{config.optimizer.get("predictor_lr_multiplier")} must be > 0.')
@@ -253,6 +274,9 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
     view = config.augment[name]
     missing = set(augment.PRESETS['byol_imagenet'][0]) - set(view)
     check(not missing, f'augment.{name} lacks {sorted(missing)}.')
+    check(view.get('crop_impl') in augment.CROP_IMPLS,
+          f'augment.{name}.crop_impl={view.get("crop_impl")!r}: use one of '
+          f'{augment.CROP_IMPLS}.')
   if errors:
     raise ConfigError('Invalid config:\n  - ' + '\n  - '.join(errors))
 
@@ -269,8 +293,8 @@ def validate_schedule(config, num_train_examples: int) -> None:
 
 
 def warmup_steps(config, num_train_examples: int) -> int:
-  return int(config.optimizer.warmup_epochs
-             * steps_per_epoch(config, num_train_examples))
+  return epochs_to_steps(config.optimizer.warmup_epochs, num_train_examples,
+                         config.batch_size)
 
 
 def parse_arg(arg, **defaults) -> ml_collections.ConfigDict:

@@ -220,3 +220,22 @@ def test_simsiam_table4_and_ablation_rows():
     config_lib.validate(c, num_devices=8)
     assert (c.num_epochs, c.loss.name, c.target.use) == (100, 'simsiam',
                                                          False)
+
+
+def test_run_length_is_the_official_formula():
+  """num_epochs * num_examples // batch_size (byol/configs/byol.py), the
+  warm-up likewise: 1000 ImageNet epochs (1,281,167 images) at batch 4096
+  are 312,784 steps with 3,127 of warm-up, not 1000 x 312 = 312,000."""
+  c = config_lib.byol_imagenet_config(1000)
+  assert config_lib.total_steps(c, 1_281_167) == 312_784
+  assert config_lib.warmup_steps(c, 1_281_167) == 3_127
+  c = config_lib.byol_imagenet_config(300)
+  assert config_lib.total_steps(c, 1_281_167) == 300 * 1_281_167 // 4096
+  # Fractional epochs are read as the decimal written: 3.63 x 60,000 / 64.
+  c.num_epochs, c.batch_size, c.optimizer.warmup_epochs = 3.63, 64, 0.1
+  assert config_lib.total_steps(c, 60_000) == 217_800 // 64 == 3403
+  assert config_lib.warmup_steps(c, 60_000) == 93
+  c.num_epochs = 0.29  # 0.29 * 6400 is 1855.9999999999998 in floats.
+  assert config_lib.total_steps(c, 6_400) == 1856 // 64 == 29
+  # The log's epoch boundaries stay whole batches.
+  assert config_lib.steps_per_epoch(c, 60_000) == 937
