@@ -158,6 +158,8 @@ def gaussian_blur(x, sigma):
   kernel 2 * augment.blur_radius(H) + 1, zero padding."""
   _, h, w, _ = x.shape
   radius = augment.blur_radius(h)
+  if radius == 0:  # A 1-tap kernel: the image itself.
+    return x
   t = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
   kernels = jnp.exp(-t[None] ** 2 / (2.0 * sigma[:, None] ** 2))
   kernels /= jnp.sum(kernels, axis=1, keepdims=True)

@@ -18,13 +18,15 @@ def _tf_draws(draws, images):
           **{k: tf.constant(np.asarray(v)) for k, v in draws.items()}}
 
 
-@pytest.mark.parametrize('channels', [3, 1])
-def test_same_pixels_as_the_tf_path_for_the_same_draws(channels):
+@pytest.mark.parametrize('channels,side', [(3, 24), (1, 24), (3, 16)])
+def test_same_pixels_as_the_tf_path_for_the_same_draws(channels, side):
   """Every op at once (p = 1 each, random jitter order per image): the JAX
-  view equals augment.apply_view's, normalisation included."""
+  view equals augment.apply_view's, normalisation included. At 16 px the
+  official blur radius is 0: no image is blurred, in either path."""
   params = dict(BYOL_2, flip_prob=0.5, jitter_prob=1.0, grayscale_prob=0.5,
                 blur_prob=0.5, solarize_prob=0.5)
-  images = RNG.uniform(0.0, 1.0, (16, 24, 24, channels)).astype(np.float32)
+  images = RNG.uniform(0.0, 1.0, (16, side, side, channels)).astype(
+      np.float32)
   draws = device_augment.sample_batch_draws(
       jax.random.key(1), jnp.arange(16), params, channels)
   mean, std = (0.4,) * channels, (0.25,) * channels
@@ -35,6 +37,12 @@ def test_same_pixels_as_the_tf_path_for_the_same_draws(channels):
       3 if channels == 3 else 1)
   assert 0 < np.asarray(draws['blur']).sum() < 16
   np.testing.assert_allclose(np.asarray(ours), theirs.numpy(), atol=2e-5)
+  unblurred = device_augment.apply_view(jnp.asarray(images), draws, mean, std,
+                                        blur=False)
+  blurred = np.any(np.abs(np.asarray(ours) - np.asarray(unblurred)) > 1e-6,
+                   axis=(1, 2, 3))
+  np.testing.assert_array_equal(
+      blurred, np.asarray(draws['blur']) if side >= 20 else False)
 
 
 def test_hsv_round_trip_and_hue_match_tf():
