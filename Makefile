@@ -8,7 +8,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 WORKDIR ?= runs/byol_fashion_mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-slow test-torch setup data clean bench-input bench-step bench-device-augment bench-levers bench-conv
+.PHONY: demo test test-slow test-torch setup data clean bench-input bench-step bench-device-augment bench-levers bench-conv bench-jpeg-crop
 
 demo: setup data
 	$(PY) -m byol_jax.main --config=configs/byol_fashion_mnist.py --workdir=$(WORKDIR)
@@ -61,6 +61,10 @@ bench-levers: setup
 
 bench-conv: setup
 	PYTHONPATH=. $(PY) benchmarks/conv_impl.py
+
+# The official crop on JPEGs: decode each crop's window vs. decode once.
+bench-jpeg-crop: setup
+	PYTHONPATH=. $(PY) benchmarks/jpeg_crop.py
 
 # On-device (JAX) augmentation vs. the tf.data path (no torch needed).
 bench-device-augment: setup

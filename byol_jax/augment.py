@@ -23,7 +23,11 @@ import tensorflow as tf
 
 # One view's parameters. Probabilities are per image; each image gets its own
 # draw (a batch-shared draw is a known bug in one PyTorch peer).
+# crop_impl: 'inception' (up to 10 draws, then a centre crop: TF's
+# sample_distorted_bounding_box, like torchvision's RandomResizedCrop) or
+# 'official' (BYOL's one draw, clamped to the image; `official_crop_window`).
 _BYOL_VIEW = dict(
+    crop_impl='inception',
     crop_area=(0.08, 1.0), crop_aspect=(3 / 4, 4 / 3), flip_prob=0.5,
     jitter_prob=0.8, brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1,
     grayscale_prob=0.2, blur_prob=1.0, blur_sigma=(0.1, 2.0),
@@ -39,9 +43,11 @@ _SIMSIAM_VIEW = _view(_BYOL_VIEW, crop_area=(0.2, 1.0), saturation=0.4,
 
 # name -> (view 1, view 2).
 PRESETS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    # BYOL, 224x224 ImageNet: blur always / rarely, solarize only in view 2.
-    'byol_imagenet': (_BYOL_VIEW, _view(_BYOL_VIEW, blur_prob=0.1,
-                                        solarize_prob=0.2)),
+    # BYOL, 224x224 ImageNet: blur always / rarely, solarize only in view 2;
+    # the official code's crop.
+    'byol_imagenet': (_view(_BYOL_VIEW, crop_impl='official'),
+                      _view(_BYOL_VIEW, crop_impl='official', blur_prob=0.1,
+                            solarize_prob=0.2)),
     # 32x32 and 28x28 data (solo-learn, lightly): no blur.
     'byol_small': (_view(_BYOL_VIEW, blur_prob=0.0),
                    _view(_BYOL_VIEW, blur_prob=0.0, solarize_prob=0.2)),
@@ -82,15 +88,43 @@ def split_seed(seed, num: int):
   return tf.unstack(tf.random.experimental.stateless_split(seed, num))
 
 
-def random_resized_crop(image, seed, size: int, area=(0.08, 1.0),
-                        aspect=(3 / 4, 4 / 3), max_attempts: int = 10):
-  """Crop of random area fraction and aspect ratio, resized bicubically to a
-  float [0, 1] (size, size, C) image.
+CROP_IMPLS = ('inception', 'official')
 
-  Retries up to `max_attempts` times; if none fits, falls back to the
-  centre square crop (the official code's fallback). A uint8 image is
-  converted after cropping, so only the crop's pixels are.
+
+def official_crop_window(shape, seed, area=(0.08, 1.0),
+                         aspect=(3 / 4, 4 / 3)):
+  """BYOL's training crop (byol/utils/dataset.py, _decode_and_random_crop):
+  ONE draw of the area fraction U(area) and a log-uniform aspect ratio,
+  w = round(sqrt(A a)), h = round(sqrt(A / a)), each clamped to the image,
+  then a uniform offset; no retries, no fallback. Also at least 1 pixel
+  (a guard for tiny images the official code never meets).
+
+  Args:
+    shape: the image's [H, W, ...] (a tensor: tf.shape, or
+      tf.image.extract_jpeg_shape of the encoded bytes).
+  Returns:
+    [offset_h, offset_w, h, w] int32, the window of tf.io.decode_and_crop_jpeg.
   """
+  s_area, s_aspect, s_h, s_w = split_seed(seed, 4)
+  img_h, img_w = shape[0], shape[1]
+  target = tf.random.stateless_uniform([], s_area, *area) * tf.cast(
+      img_h * img_w, tf.float32)
+  log_ratio = tf.random.stateless_uniform([], s_aspect, math.log(aspect[0]),
+                                          math.log(aspect[1]))
+  ratio = tf.exp(log_ratio)
+  w = tf.cast(tf.round(tf.sqrt(target * ratio)), tf.int32)
+  h = tf.cast(tf.round(tf.sqrt(target / ratio)), tf.int32)
+  w = tf.clip_by_value(w, 1, img_w)
+  h = tf.clip_by_value(h, 1, img_h)
+  offset_h = tf.random.stateless_uniform([], s_h, 0, img_h - h + 1, tf.int32)
+  offset_w = tf.random.stateless_uniform([], s_w, 0, img_w - w + 1, tf.int32)
+  return tf.stack([offset_h, offset_w, h, w])
+
+
+def _inception_crop(image, seed, area, aspect, max_attempts: int = 10):
+  """Up to `max_attempts` draws of TF's sample_distorted_bounding_box; if
+  none fits, the centre square (torchvision's fallback keeps the nearest
+  allowed aspect ratio instead)."""
   shape = tf.shape(image)
   begin, crop_size, _ = tf.image.stateless_sample_distorted_bounding_box(
       shape, bounding_boxes=tf.constant([0., 0., 1., 1.], shape=[1, 1, 4]),
@@ -108,7 +142,29 @@ def random_resized_crop(image, seed, size: int, area=(0.08, 1.0),
   def sampled():
     return tf.slice(image, begin, crop_size)
 
-  crop = tf.cond(failed, centre, sampled)
+  return tf.cond(failed, centre, sampled)
+
+
+def random_resized_crop(image, seed, size: int, area=(0.08, 1.0),
+                        aspect=(3 / 4, 4 / 3), impl: str = 'inception'):
+  """Crop of random area fraction and aspect ratio, resized bicubically to a
+  float [0, 1] (size, size, C) image.
+
+  impl: 'inception' (`_inception_crop`) or 'official' (`official_crop_window`).
+  A uint8 image is converted after cropping, so only the crop's pixels are.
+  The official code decodes only each crop's window of the JPEG
+  (tf.io.decode_and_crop_jpeg); for two views per image one full decode and
+  two slices is faster on CPU (benchmarks/jpeg_crop.py: the window decodes
+  run at 0.8x the rate), so our pipeline decodes once and crops here.
+  """
+  if impl not in CROP_IMPLS:
+    raise ValueError(f'crop_impl={impl!r}: use one of {CROP_IMPLS}.')
+  if impl == 'official':
+    window = official_crop_window(tf.shape(image), seed, area, aspect)
+    crop = tf.slice(image, tf.concat([window[:2], [0]], 0),
+                    tf.concat([window[2:], [-1]], 0))
+  else:
+    crop = _inception_crop(image, seed, area, aspect)
   crop = tf.image.resize(crop[None], (size, size), method='bicubic')[0]
   if image.dtype == tf.uint8:
     crop /= 255.0
@@ -140,13 +196,15 @@ def sample_view(image, seed, params: Mapping[str, Any], size: int):
   (size, size, C)) and every other random draw, as scalars. Batch these, then
   call `apply_view`."""
   crop_seed, draw_seed = split_seed(seed, 2)
+  # Saved configs from before crop_impl existed used the inception crop.
   crop = random_resized_crop(image, crop_seed, size, params['crop_area'],
-                             params['crop_aspect'])
+                             params['crop_aspect'],
+                             params.get('crop_impl', 'inception'))
   u = tf.random.stateless_uniform([_NUM_DRAWS], draw_seed)
   lerp = lambda i, lo, hi: lo + (hi - lo) * u[i]  # noqa: E731
   b, c, sat, hue = (params[k] for k in ('brightness', 'contrast',
                                         'saturation', 'hue'))
-  n_ops = _jitter_ops(image.shape[-1])
+  n_ops = _jitter_ops(crop.shape[-1])
   return {
       'image': crop,
       'flip': u[_FLIP] < params['flip_prob'],
@@ -233,8 +291,10 @@ def to_grayscale(image):
 
 
 def blur_radius(side: int) -> int:
-  """Kernel 2 r + 1 of about 10% of the side: 23 at 224 px, 3 at 28-32."""
-  return max(side // 10 // 2, 1)
+  """The official rule (byol/utils/augmentations.py: kernel_size = side /
+  10, radius = int(kernel_size / 2)): kernel 2 r + 1 = 23 at 224 px, 3 at
+  28-32 px, and r = 0, no blur at all, under 20 px."""
+  return int(side / 10 / 2)
 
 
 _BLUR_BLOCK = 32
@@ -276,6 +336,8 @@ def gaussian_blur_batch(images, sigma):
   H, then along W; the same as a direct convolution to float rounding."""
   _, h, w, c = images.shape
   radius = blur_radius(h)
+  if radius == 0:  # A 1-tap kernel: the image itself.
+    return images
   t = tf.cast(tf.range(-radius, radius + 1), tf.float32)
   kernels = tf.exp(-tf.square(t)[None] / (2.0 * tf.square(sigma)[:, None]))
   kernels /= tf.reduce_sum(kernels, axis=1, keepdims=True)

@@ -7,8 +7,9 @@ import tensorflow as tf
 from byol_jax import augment
 
 RNG = np.random.RandomState(0)
-COLOR = tf.constant(RNG.uniform(0.1, 0.9, (16, 16, 3)), tf.float32)
-GRAY = tf.constant(RNG.uniform(0.1, 0.9, (16, 16, 1)), tf.float32)
+# 24 px: the official blur has radius 1 there (none under 20 px).
+COLOR = tf.constant(RNG.uniform(0.1, 0.9, (24, 24, 3)), tf.float32)
+GRAY = tf.constant(RNG.uniform(0.1, 0.9, (24, 24, 1)), tf.float32)
 SEED = tf.constant([3, 7], tf.int64)
 
 # Only the op under test is active; the crop keeps the whole image.
@@ -104,8 +105,12 @@ def test_preset_parameters_match_the_paper():
 
 
 def test_blur_kernel_is_ten_percent_of_the_side():
-  """A single bright pixel spreads over 2 * (side // 20) + 1 pixels."""
-  for side, width in ((224, 23), (32, 3), (28, 3)):
+  """A single bright pixel spreads over 2 r + 1 pixels, r = int(side / 10 /
+  2) as the official code computes it: none under 20 px."""
+  for side in range(8, 240):
+    assert augment.blur_radius(side) == int(np.float64(side) / 10.0 / 2.0)
+  for side, width in ((224, 23), (32, 3), (28, 3), (20, 3), (19, 1),
+                      (16, 1)):
     img = np.zeros((side, side, 1), np.float32)
     img[side // 2, side // 2] = 1.0
     out = augment.gaussian_blur(tf.constant(img), SEED, (5.0, 5.0)).numpy()
@@ -130,6 +135,65 @@ def test_crop_output_shape_and_range():
       augment.random_resized_crop(u8, SEED, 7).numpy(),
       augment.random_resized_crop(tf.cast(u8, tf.float32) / 255, SEED,
                                   7).numpy(), atol=1e-5)
+
+
+def _np_official_windows(n, img_h, img_w, rng, area=(0.08, 1.0),
+                         aspect=(3 / 4, 4 / 3)):
+  """byol/utils/dataset.py's _decode_and_random_crop transcribed with numpy:
+  target area U(area) x H W, log-uniform aspect, w/h rounded and clamped,
+  uniform offsets. (h, w) of `n` draws."""
+  target = rng.uniform(*area, n) * img_h * img_w
+  ratio = np.exp(rng.uniform(np.log(aspect[0]), np.log(aspect[1]), n))
+  w = np.minimum(np.round(np.sqrt(target * ratio)), img_w)
+  h = np.minimum(np.round(np.sqrt(target / ratio)), img_h)
+  return h, w
+
+
+def _ks(a, b):
+  """Two-sample Kolmogorov-Smirnov distance."""
+  grid = np.sort(np.concatenate([a, b]))
+  cdf = lambda x: np.searchsorted(np.sort(x), grid, side='right') / len(x)  # noqa: E731
+  return float(np.max(np.abs(cdf(a) - cdf(b))))
+
+
+@pytest.mark.parametrize('img_h,img_w', [(375, 500), (100, 300)])
+def test_official_crop_has_the_official_distribution(img_h, img_w):
+  """4,000 seeded draws of `official_crop_window` against the official
+  formula transcribed in numpy: the same distribution of areas, aspects
+  and clamping (a 3:1 image clamps often: no retry, no centre fallback);
+  windows inside the image; offsets uniform."""
+  n = 4000
+  windows = next(iter(tf.data.Dataset.range(n).map(
+      lambda i: augment.official_crop_window(
+          tf.constant([img_h, img_w, 3]),
+          tf.stack([i, tf.constant(11, tf.int64)]))).batch(n))).numpy()
+  oh, ow, h, w = windows.T
+  assert (oh >= 0).all() and (ow >= 0).all()
+  assert (oh + h <= img_h).all() and (ow + w <= img_w).all()
+  ref_h, ref_w = _np_official_windows(n, img_h, img_w,
+                                      np.random.RandomState(0))
+  assert _ks(h * w / (img_h * img_w), ref_h * ref_w / (img_h * img_w)) < 0.035
+  assert _ks(np.log(w / h), np.log(ref_w / ref_h)) < 0.035
+  assert abs(np.mean(h == img_h) - np.mean(ref_h == img_h)) < 0.02
+  # Offsets: uniform over the free range, so mean relative position 1/2.
+  free = img_w - w
+  rel = ow[free > 0] / free[free > 0]
+  assert abs(rel.mean() - 0.5) < 0.02 and rel.min() == 0 and rel.max() == 1
+
+
+def test_official_crop_is_a_function_of_its_seed():
+  img = tf.constant(RNG.uniform(0, 1, (60, 80, 3)), tf.float32)
+  a = augment.random_resized_crop(img, SEED, 16, impl='official')
+  b = augment.random_resized_crop(img, SEED, 16, impl='official')
+  c = augment.random_resized_crop(img, SEED + 1, 16, impl='official')
+  np.testing.assert_array_equal(a.numpy(), b.numpy())
+  assert not np.allclose(a.numpy(), c.numpy())
+  # The crop is the window's pixels, resized (area 1, aspect 1 on a square
+  # image: the whole image).
+  square = img[:60, :60]
+  whole = augment.random_resized_crop(square, SEED, 60, area=(1.0, 1.0),
+                                      aspect=(1.0, 1.0), impl='official')
+  np.testing.assert_allclose(whole.numpy(), square.numpy(), atol=1e-5)
 
 
 def test_solarize_and_grayscale_values():
