@@ -222,3 +222,24 @@ def test_official_shortcuts_project_every_stage_first_block(depth):
   first = ['stage1_block1', 'stage2_block1', 'stage3_block1', 'stage4_block1']
   assert shortcuts(True) == first
   assert shortcuts(False) == (first if depth == 50 else first[1:])
+
+
+def test_batchnorm_running_stats_forget_their_start():
+  """flax's BatchNorm does not zero-debias (Haiku's does): after k updates
+  at decay 0.9 the running mean holds (1 - 0.9^k) of the batch mean and the
+  variance 0.9^k of its start (1). By step 50 the start is 0.5%."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  bn = nn.BatchNorm(use_running_average=False, momentum=networks.BN_MOMENTUM,
+                    epsilon=networks.BN_EPSILON)
+  x = 5.0 + 2.0 * jax.random.normal(jax.random.key(0), (4096, 3))
+  mean, var = jnp.mean(x, 0), jnp.var(x, 0)
+  variables = bn.init(jax.random.key(1), x)
+  step = jax.jit(lambda v: bn.apply(v, x, mutable=['batch_stats'])[1])
+  for k in range(1, 51):
+    variables = {**variables, 'batch_stats': step(variables)['batch_stats']}
+    if k in (10, 50):
+      stats = variables['batch_stats']
+      np.testing.assert_allclose(stats['mean'], (1 - 0.9**k) * mean,
+                                 rtol=1e-4)
+      np.testing.assert_allclose(stats['var'], 0.9**k + (1 - 0.9**k) * var,
+                                 rtol=1e-4)
