@@ -30,8 +30,11 @@ def _setup(method='byol', beta=0.0, compute_dtype='float32'):
     use_target = False
   network = networks.build_network(model, num_classes=3,
                                    bn_axis_name=ts.AXIS)
-  # SimSiam's plain SGD at its paper LR (LARS' trust ratio bounds BYOL's).
-  peak = 0.5 if method == 'byol' else 0.05
+  # SimSiam's plain SGD at its paper LR. LARS's trust ratio bounds BYOL's
+  # kernels but not its biases and BatchNorm parameters, which the official
+  # order moves by lr x the momentum of every gradient since step 0: at 0.1
+  # three steps keep them where float32 reduction order stays below 1e-4.
+  peak = 0.1 if method == 'byol' else 0.05
   lr = optim.learning_rate_schedule(peak, total_steps=10, warmup_steps=2)
   optimizer = optim.build_optimizer(ml_collections.ConfigDict(opt_cfg), lr,
                                     peak)
@@ -159,7 +162,7 @@ def test_simsiam_has_no_target_network():
 def test_metrics_report_schedules_and_collapse():
   state, kwargs = _setup('byol')
   _, metrics = _run(jax.devices()[:1], state, kwargs, _batches(3))
-  assert [float(m['lr']) for m in metrics] == pytest.approx([0.0, 0.25, 0.5])
+  assert [float(m['lr']) for m in metrics] == pytest.approx([0.0, 0.05, 0.1])
   assert float(metrics[0]['tau']) == pytest.approx(0.9)
   assert float(metrics[0]['collapse/healthy_std']) == pytest.approx(
       1 / np.sqrt(8))
@@ -244,6 +247,7 @@ def test_on_device_augmentation_step(devices):
   plain = [{**b, 'view1': (b['view1'] - 0.5) / 0.25,
             'view2': (b['view2'] - 0.5) / 0.25} for b in crops]
   unaugmented, _ = _run(devices[:1], state, kwargs, plain)
-  assert not np.allclose(
-      unaugmented.online_params['encoder']['stem_conv']['kernel'],
-      on_device.online_params['encoder']['stem_conv']['kernel'], atol=1e-4)
+  kernel = lambda s: s.online_params['encoder']['stem_conv']['kernel']  # noqa: E731
+  reassociation = np.abs(kernel(host) - kernel(on_device)).max()
+  assert np.abs(kernel(unaugmented) - kernel(on_device)).max() > max(
+      10 * reassociation, 1e-6)
