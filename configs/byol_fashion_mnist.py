@@ -11,9 +11,9 @@ A ResNet-18 at width 1/8 (8-16-32-64 channels) with the 'small_pool' stem
 (3x3/1 conv + 3x3/2 max-pool: 2x the images/s of the plain small-image
 stem on CPU), BYOL heads shrunk to 512 -> 128, LARS (weight decay 1e-5) at
 base LR 16 x batch / 256 with the predictor at 10x that LR, batch 64, 3.63
-epochs (3401 steps), and the mild-crop 'byol_fashion_mnist' augmentation
+epochs (3403 steps), and the mild-crop 'byol_fashion_mnist' augmentation
 preset. The target starts as a copy of the online network (as the PyTorch
-peers do; the official code draws it independently, which costs a 3401-step
+peers do; the official code draws it independently, which costs a 3403-step
 run its first few hundred steps) and follows it faster than in the paper
 (tau_base 0.97). docs/cpu_demo.md has the measurements behind each choice,
 over seeds. Reads the idx files of `apt-get install dataset-fashion-mnist`.
