@@ -8,7 +8,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 WORKDIR ?= runs/byol_fashion_mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-slow test-torch setup data clean bench-input bench-step bench-device-augment bench-levers bench-conv bench-jpeg-crop
+.PHONY: demo test test-slow test-torch setup data clean lock bench-input bench-step bench-device-augment bench-levers bench-conv bench-jpeg-crop
 
 demo: setup data
 	$(PY) -m byol_jax.main --config=configs/byol_fashion_mnist.py --workdir=$(WORKDIR)
@@ -21,11 +21,24 @@ test-slow: setup data
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+# The package with the exact versions CI used (requirements/lock.txt).
+LOCK := requirements/lock.txt
+$(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c $(LOCK) -e '.[test]'
 	touch $@
+
+# Re-resolves the newest versions pyproject.toml's ranges allow into the
+# lock file (in a scratch venv); then `make clean test` and commit both.
+lock:
+	rm -rf .venv-lock
+	$(PYTHON) -m venv .venv-lock
+	.venv-lock/bin/python -m pip install -q --upgrade pip
+	.venv-lock/bin/python -m pip install -q -e '.[test]'
+	{ sed -n '1,3p' $(LOCK); .venv-lock/bin/python -m pip freeze --exclude-editable; } > $(LOCK).new
+	mv $(LOCK).new $(LOCK)
+	rm -rf .venv-lock
 
 data:
 	@if [ ! -e $(FMNIST_DIR)/train-images-idx3-ubyte.gz ] && [ ! -e $(FMNIST_DIR)/train-images-idx3-ubyte ]; then \
