@@ -1,7 +1,6 @@
 """Command-line pieces shared by `byol_jax.main` and `byol_jax.evaluate`:
 the multi-host flags and a quieter log."""
 
-import jax
 from absl import app, flags, logging
 
 _DISTRIBUTED = flags.DEFINE_bool(
@@ -28,6 +27,7 @@ class _QuietLibraries:
 
 def setup() -> None:
   """Quiets library logs; joins the multi-host cluster if --distributed."""
+  import jax  # pylint: disable=g-import-not-at-top
   logging.get_absl_handler().addFilter(_QuietLibraries())
   if _DISTRIBUTED.value:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import time
 from typing import Iterable, Iterator, Optional
 
@@ -35,7 +36,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 from byol_jax import (augment, checkpointing, classifier, cli, config_lib,
-                      input_pipeline, losses, metric_writer, networks,
+                      console, input_pipeline, losses, metric_writer, networks,
                       official_weights, train_step)
 
 
@@ -538,7 +539,7 @@ def main(argv):
 def run_cli():
   """Console-script entry point (`byol-jax-evaluate`)."""
   _define_flags()
-  app.run(main)
+  console.run(main, sys.modules[__name__])
 
 
 if __name__ == '__main__':

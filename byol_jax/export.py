@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Callable
 
 import jax
@@ -222,7 +223,8 @@ def run_cli():
                     'Array names and layouts: ours, or torchvision ResNet.')
   flags.DEFINE_bool('overwrite', False, 'Replace an existing --out file.')
   flags.mark_flags_as_required(['checkpoint', 'out'])
-  app.run(main)
+  from byol_jax import console  # pylint: disable=g-import-not-at-top
+  console.run(main, sys.modules[__name__])
 
 
 if __name__ == '__main__':

@@ -8,11 +8,12 @@ every process; jax.distributed.initialize() finds the cluster itself, or
 takes --coordinator_address, --num_processes and --process_id.
 """
 
-import jax
+import sys
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from byol_jax import cli, train
+from byol_jax import cli, console
 
 _CONFIG = config_flags.DEFINE_config_file(
     'config', None, 'Path to a config file (see configs/).', lock_config=True)
@@ -25,6 +26,9 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  # TensorFlow and JAX load here, not at import: `--help` answers at once.
+  import jax  # pylint: disable=g-import-not-at-top
+  from byol_jax import train  # pylint: disable=g-import-not-at-top
   cli.setup()
   logging.info('Config:\n%s', _CONFIG.value)
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
@@ -34,7 +38,7 @@ def main(argv):
 
 def run():
   """Console-script entry point (`byol-jax-train`)."""
-  app.run(main)
+  console.run(main, sys.modules[__name__])
 
 
 if __name__ == '__main__':

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 from typing import Any, Mapping, Optional
 
 from absl import app, flags, logging
@@ -39,7 +40,8 @@ from ml_collections.config_flags import config_flags as cf
 import numpy as np
 import tensorflow as tf
 
-from byol_jax import cli, config_lib, diagnostics, metric_writer, train
+from byol_jax import (cli, config_lib, console, diagnostics, metric_writer,
+                      train)
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'configs')
 
@@ -361,7 +363,7 @@ def main(argv):
 def run():
   """Console-script entry point (`byol-jax-ablate`)."""
   _define_flags()
-  app.run(main)
+  console.run(main, sys.modules[__name__])
 
 
 if __name__ == '__main__':

@@ -14,14 +14,15 @@ files.
 """
 
 import os
+import sys
 
 import jax
 import numpy as np
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from byol_jax import (cli, config_lib, evaluate, export, input_pipeline,
-                      networks, train_step)
+from byol_jax import (cli, config_lib, console, evaluate, export,
+                      input_pipeline, networks, train_step)
 
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None, 'Pretraining workdir or step directory, or an '
@@ -93,5 +94,10 @@ def main(argv):
           f'{labels_path}')
 
 
+def run():
+  """Console-script entry point (`byol-jax-extract-features`)."""
+  console.run(main, sys.modules[__name__])
+
+
 if __name__ == '__main__':
-  app.run(main)
+  run()

@@ -12,13 +12,14 @@ spending a TPU-day.
 """
 
 import os
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 import numpy as np
 import tensorflow as tf
 
-from byol_jax import augment, input_pipeline
+from byol_jax import augment, console, input_pipeline
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
 _OUT = flags.DEFINE_string('out', 'views.png', 'Output PNG path.')
@@ -89,5 +90,10 @@ def main(argv):
   print(f'Wrote {_OUT.value}')
 
 
+def run():
+  """Console-script entry point (`byol-jax-show-augmentations`)."""
+  console.run(main, sys.modules[__name__])
+
+
 if __name__ == '__main__':
-  app.run(main)
+  run()
