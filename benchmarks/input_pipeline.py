@@ -6,12 +6,12 @@ one run.
   .venv-bench/bin/python benchmarks/input_pipeline.py [--seconds=10]
 
 References, both per image on one core:
-- torchvision: the `BYOLAugmentation` class of the seed tutorial
-  (../shared/seeds/000_*.txt) with spec.md's parameters -- transforms.Compose
+- torchvision: a `BYOLAugmentation` class as PyTorch BYOL tutorials write it,
+  with the BYOL paper's parameters (appendix B) -- transforms.Compose
   of RandomResizedCrop (bicubic), flip, ColorJitter(0.4, 0.4, 0.2, 0.1) p=0.8,
   RandomGrayscale 0.2, GaussianBlur (kernel ~10% of the side, p=1.0 / 0.1),
   RandomSolarize (p=0 / 0.2), ToTensor, Normalize. This is how PyTorch BYOL
-  code does it and the issue's reference. Skipped (with a note) where
+  code does it, and the reference this benchmark is held to. Skipped (with a note) where
   torchvision is not installed.
 - PIL-only: the same steps as direct PIL calls (ImageEnhance, ImageOps) and
   PIL's GaussianBlur, which is a box-blur approximation rather than a true
@@ -104,7 +104,7 @@ class PILByolAugmentation:
 
 
 def torchvision_augmentation(size, view1, view2):
-  """The seed tutorial's BYOLAugmentation, parameterised by our presets."""
+  """A PyTorch tutorial's BYOLAugmentation, parameterised by our presets."""
   from torchvision import transforms  # pylint: disable=g-import-not-at-top
 
   def view(p):

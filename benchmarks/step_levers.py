@@ -1,12 +1,12 @@
 r"""Which levers speed up the BYOL train step on this CPU: each one toggled
-against the same baseline, side by side in one run (issue #8).
+against the same baseline, side by side in one run.
 
   PYTHONPATH=. .venv/bin/python benchmarks/step_levers.py
   PYTHONPATH=. .venv/bin/python benchmarks/step_levers.py --width=0.125 --batch=64
 
 Network: ResNet-18 (small-image stem, 32x32x3, width 1/4 = 16-32-64-128
-channels by default: the "width 16" network of ../shared/reference/
-cpu-performance.md), BYOL heads 4096 -> 256, LARS, EMA target, one device.
+channels by default: the "width 16" network of the CPU speed facts in
+docs/performance.md), BYOL heads 4096 -> 256, LARS, EMA target, one device.
 The baseline is `train_step.make_train_step` as the trainer runs it (one jit
 holding both views' online and target forwards, loss, LARS and EMA; state
 donated; no host sync between steps; XLA convolutions). Each lever line

@@ -9,7 +9,7 @@ the same step (benchmarks/torch_reference.py), side by side in one run.
 convolutions; 'matmul': networks.matmul_conv), each against the same
 PyTorch run.
 
-Cases (issue #8): ResNet-18 with the small-image stem at 32x32, batch 256;
+Cases: ResNet-18 with the small-image stem at 32x32, batch 256;
 ResNet-50 at 224x224, batch 32. Each (framework, case, method) runs in its
 own child process on synthetic images (no input pipeline), all cores, and
 reports images/s over `--steps` timed steps after one warm-up step, the

@@ -11,7 +11,7 @@ colour ops that need 3 channels (saturation, hue, grayscale) are identities
 on 1-channel images, in training and evaluation alike.
 
 The augmentation parameters of every preset live in `PRESETS` below
-(BYOL paper Table 6 / spec.md).
+(BYOL paper, appendix B, Table 6).
 """
 
 from __future__ import annotations

@@ -1,5 +1,4 @@
-"""A linear classifier trained on a pretrained encoder (spec.md; BYOL
-appendix C): the step and state behind linear evaluation and fine-tuning.
+"""A linear classifier trained on a pretrained encoder (BYOL appendix C): the step and state behind linear evaluation and fine-tuning.
 
 - Linear evaluation: the encoder is frozen (its variables are an argument,
   never updated) and runs with BatchNorm in inference mode; only the linear

@@ -328,7 +328,8 @@ def parse_arch(arch: str) -> tuple[int, float]:
   return int(m.group(1)), float(m.group(2))
 
 
-# BYOL's official presets by pretraining length (spec.md): epochs ->
+# BYOL's official presets by pretraining length (byol/configs/byol.py):
+# epochs ->
 # (base LR, weight decay, tau_base).
 BYOL_IMAGENET_PRESETS = {
     40: (0.45, 1e-6, 0.97),

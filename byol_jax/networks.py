@@ -30,7 +30,7 @@ RESNET_LAYOUTS = {
 }
 STEMS = ('imagenet', 'small', 'small_pool')
 
-# BN decay 0.9 and eps 1e-5 as in the official BYOL code (spec.md).
+# BN decay 0.9 and eps 1e-5 as in the official BYOL code (byol/configs/byol.py).
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 

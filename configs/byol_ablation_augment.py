@@ -9,7 +9,7 @@ ResNet-50).
 no_color, crop_flip, crop_color, crop_blur, crop_only. "color" is the
 colour distortion (jitter + grayscale) and solarisation, "blur" the
 Gaussian blur; a removed op gets probability 0 in both views, every kept op
-keeps its BYOL probability (spec.md; byol_jax.augment.PRESETS). Paper:
+keeps its BYOL probability (BYOL appendix B; byol_jax.augment.PRESETS). Paper:
 72.5% top-1 with all augmentations; crop only loses about 13 points (SimCLR
 about 28), the figure's headline (`PAPER_TOP1`, `PAPER_DROP`). Otherwise
 the official 300-epoch preset.

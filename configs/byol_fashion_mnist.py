@@ -5,7 +5,7 @@ r"""BYOL on Fashion-MNIST: the CPU default (a few minutes on 2 cores).
 
 Target: weighted-kNN (k=200, t=0.1) test accuracy above raw-pixel kNN (0.789)
 and above the same encoder at random initialisation (~0.69 for ResNet-18
-width 16, spec.md); both baselines are printed next to the result.
+width 16); both baselines are printed next to the result.
 
 A ResNet-18 at width 1/8 (8-16-32-64 channels) with the 'small_pool' stem
 (3x3/1 conv + 3x3/2 max-pool: 2x the images/s of the plain small-image
