@@ -37,9 +37,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from byol_jax import networks
+from byol_jax import console, networks
 
 FORMAT = 'byol_jax.encoder/v1'
+
+
+class EncoderFileError(console.UserError, ValueError):
+  """An .npz that is not a loadable byol_jax encoder export."""
 
 
 def _flatten(tree, prefix=()):
@@ -117,6 +121,9 @@ def export(source: str, out: str, layout: str = 'flax',
   if layout not in ('flax', 'torchvision'):
     raise ValueError(f"format must be 'flax' or 'torchvision', not "
                      f'{layout!r}.')
+  if os.path.islink(out):  # Even dangling: writing would follow it.
+    raise FileExistsError(f'{out} is a symbolic link; give --out a plain '
+                          'path.')
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f'{out} exists; choose another --out (or pass '
                           '--overwrite).')
@@ -151,16 +158,31 @@ def load_encoder(path: str) -> tuple[Callable, dict]:
   """(apply_fn, variables) of an exported encoder (flax layout):
   apply_fn(variables, images (N, H, W, C) normalised) -> features (N, F),
   BatchNorm in inference mode. Nothing in the file is executed."""
-  with np.load(path, allow_pickle=False) as f:
-    metadata = json.loads(str(f['__metadata__']))
-    if metadata.get('format') != FORMAT or metadata['layout'] != 'flax':
-      raise ValueError(f'{path} is not a flax-layout byol_jax encoder '
-                       f'(metadata: {metadata.get("format")}, '
-                       f'{metadata.get("layout")}).')
-    variables = _unflatten((k.split('/'), f[k]) for k in f.files
-                           if k != '__metadata__')
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      metadata = json.loads(str(f['__metadata__']))
+      variables = _unflatten((k.split('/'), f[k]) for k in f.files
+                             if k != '__metadata__')
+  except (KeyError, ValueError, OSError) as e:  # No/odd metadata, not .npz.
+    raise EncoderFileError(f'{path} is not a byol_jax encoder export '
+                           f'({type(e).__name__}: {e}).') from None
+  if (not isinstance(metadata, dict) or metadata.get('format') != FORMAT
+      or metadata.get('layout') != 'flax'
+      or not isinstance(metadata.get('model'), dict)):
+    raise EncoderFileError(
+        f'{path} is not a flax-layout byol_jax encoder (metadata format '
+        f'{metadata.get("format") if isinstance(metadata, dict) else "?"!r},'
+        f' layout {metadata.get("layout") if isinstance(metadata, dict) else "?"!r}'
+        ').')
   m = ml_collections.ConfigDict(metadata['model'])
-  encoder = networks.build_encoder(m, compute_dtype='float32')
+  try:
+    encoder = networks.build_encoder(m, compute_dtype='float32')
+    channels = variables['params']['stem_conv']['kernel'].shape[2]
+    networks.check_variables(encoder, variables, (1, 32, 32, channels))
+  except (KeyError, AttributeError, TypeError, ValueError) as e:
+    raise EncoderFileError(
+        f'{path}: its arrays are not the ResNet its metadata describes '
+        f'({m.get("depth")}, width {m.get("width")}): {e}') from None
 
   @jax.jit
   def apply_fn(variables, images):

@@ -13,11 +13,12 @@ averaged over that named device axis, i.e. computed over the global batch.
 from __future__ import annotations
 
 import functools
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 # ResNet depth -> (block kind, blocks per stage). He et al. 2016, Table 1.
 RESNET_LAYOUTS = {
@@ -314,3 +315,47 @@ def build_network(model_config, num_classes: int,
                         bn_axis_name=bn_axis_name, dtype=dtype, **pred_kw)
   return SSLNetwork(encoder=encoder, projector=projector, predictor=predictor,
                     num_classes=num_classes)
+
+
+class VariablesMismatchError(ValueError):
+  """Variables that are not exactly a module's (names, shapes, finiteness)."""
+
+
+def _arrays(tree, prefix=()):
+  for k, v in tree.items():
+    if isinstance(v, Mapping):
+      yield from _arrays(v, prefix + (k,))
+    else:
+      yield '/'.join(prefix + (k,)), v
+
+
+def check_variables(module: nn.Module, variables, input_shape) -> None:
+  """Raises VariablesMismatchError unless `variables` ({'params',
+  'batch_stats'}) have exactly the leaves and shapes `module` initialises
+  for inputs of `input_shape` (flax would silently ignore extra leaves) and
+  every value is finite; the message names the offending leaves."""
+  want = jax.eval_shape(lambda: module.init(
+      jax.random.key(0), jnp.zeros(input_shape), train=False))
+  want = {k: tuple(v.shape) for k, v in _arrays(
+      {c: want[c] for c in want if c in ('params', 'batch_stats')})}
+  have = dict(_arrays(variables))
+  shapes = {k: tuple(np.shape(v)) for k, v in have.items()}
+  problems = []
+  for what, names in (
+      ('not used by the network', sorted(set(have) - set(want))),
+      ('needed by the network but missing', sorted(set(want) - set(have)))):
+    if names:
+      problems.append(f'{len(names)} leaves {what}: {", ".join(names[:4])}'
+                      + (' ...' if len(names) > 4 else ''))
+  wrong = sorted(k for k in set(want) & set(have) if want[k] != shapes[k])
+  if wrong:
+    problems.append('shapes differ: ' + ', '.join(
+        f'{k} {shapes[k]} vs {want[k]}' for k in wrong[:4]))
+  if not problems:
+    bad = [k for k, v in have.items()
+           if not np.all(np.isfinite(np.asarray(v, np.float64)))]
+    if bad:
+      problems.append(f'non-finite (NaN / inf) values in {len(bad)} leaves: '
+                      f'{", ".join(bad[:4])}')
+  if problems:
+    raise VariablesMismatchError('; '.join(problems) + '.')

@@ -37,10 +37,12 @@ import pickle
 import re
 from typing import Any, BinaryIO, Mapping
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from byol_jax import networks
+from byol_jax import console, networks
 
 # Modules whose classes may appear in the official files: they get stand-ins
 # (never imported). Anything outside these and the numpy / container
@@ -55,7 +57,7 @@ _KNOWN_FIELDS = {
 }
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(console.UserError, pickle.UnpicklingError):
   """The file asks to run something other than rebuilding data."""
 
 
@@ -122,7 +124,7 @@ class _Dtype:
       _refuse(f'dtype {name!r}')
     try:
       dtype = np.dtype(name)
-    except TypeError:
+    except (TypeError, ValueError, SyntaxError):
       _refuse(f'dtype {name!r}')
     if dtype.kind not in _PLAIN_KINDS or dtype.fields or dtype.subdtype:
       _refuse(f'dtype {name!r}')
@@ -230,7 +232,7 @@ def _get_attr(module, name):
   if not isinstance(module, _Module) or not isinstance(name, str):
     _refuse(f'dill._get_attr({module!r:.80}, {name!r:.80})')
   found = _ALLOWED.get((str(module), name))
-  if found is None or found is _reconstructor:
+  if found is None:
     _refuse(f'dill._get_attr({module!r:.80}, {name!r:.80})')
   return found
 
@@ -342,17 +344,39 @@ def _plain(obj):
   return obj
 
 
+class NotAnOfficialCheckpointError(console.UserError, ValueError):
+  """The file unpickles safely but is not laid out as BYOL's checkpoints."""
+
+
+_STATE_FIELDS = ('online_params', 'target_params', 'online_state',
+                 'target_state')
+
+
 def read_checkpoint(path: str) -> dict:
   """The file's content as plain dicts of numpy arrays:
   {'experiment_state': {'online_params', 'online_state', ...}, 'step', ...}."""
-  with open(path, 'rb') as f:
-    data = _plain(load_pickle(f))
-  if not isinstance(data, dict) or 'experiment_state' not in data:
-    raise ValueError(f'{path} is not an official BYOL checkpoint (no '
-                     'experiment_state).')
-  state = data['experiment_state']
-  if not isinstance(state, dict) or 'online_params' not in state:
-    raise ValueError(f'{path}: experiment_state has no online_params.')
+  try:
+    with open(path, 'rb') as f:
+      data = _plain(load_pickle(f))
+  except (RecursionError, MemoryError) as e:  # Self-referencing / huge.
+    raise NotAnOfficialCheckpointError(
+        f'{path} is not an official BYOL checkpoint ({type(e).__name__} '
+        'while reading it).') from None
+  except (EOFError, pickle.UnpicklingError, ValueError, TypeError,
+          IndexError, KeyError, AttributeError) as e:
+    if isinstance(e, UnsafePickleError):
+      raise
+    raise NotAnOfficialCheckpointError(
+        f'{path} is not a readable pickle ({type(e).__name__}: {e}).') from None
+  state = data.get('experiment_state') if isinstance(data, dict) else None
+  if not isinstance(state, dict):
+    raise NotAnOfficialCheckpointError(
+        f'{path} is not an official BYOL checkpoint (no experiment_state).')
+  for name in _STATE_FIELDS:
+    if not isinstance(state.get(name), dict):
+      raise NotAnOfficialCheckpointError(
+          f'{path} is not an official BYOL checkpoint: experiment_state has '
+          f'no {name} mapping.')
   return data
 
 
@@ -459,8 +483,22 @@ def load(path: str, which: str = 'online'
   The final projector / predictor layers have no bias in the official code;
   ours do, and get zero biases (the same function).
   """
+  if which not in ('online', 'target'):
+    raise ValueError(f"which={which!r}: use 'online' or 'target'.")
   data = read_checkpoint(path)
-  state = data['experiment_state']
+  try:
+    model, variables = _convert_state(data['experiment_state'], which)
+    network = build(model, variables)
+    step = int(np.asarray(data.get('step', 0)))
+  except (KeyError, ValueError, AttributeError, TypeError, IndexError) as e:
+    raise NotAnOfficialCheckpointError(
+        f'{path} is not laid out as an official BYOL checkpoint '
+        f'({type(e).__name__}: {e}).') from None
+  _check_variables(network, variables, path)
+  return model, variables, step
+
+
+def _convert_state(state, which: str):
   params, bn_state = state[f'{which}_params'], state[f'{which}_state']
   model = infer_model(state['online_params'])
   if which == 'target':  # The target's predictor is never used (BYOL 3.1).
@@ -479,47 +517,19 @@ def load(path: str, which: str = 'online'
     layer = variables['params'].get(net, {}).get('linear_out')
     if layer is not None and 'bias' not in layer:
       layer['bias'] = np.zeros(layer['kernel'].shape[1], np.float32)
-  _check_variables(build(model, variables), variables, path)
-  step = int(np.asarray(data.get('step', 0)))
-  return model, variables, step
-
-
-def _leaves(tree, prefix=()):
-  for k, v in tree.items():
-    if isinstance(v, Mapping):
-      yield from _leaves(v, prefix + (k,))
-    else:
-      yield '/'.join(prefix + (k,)), tuple(np.shape(v))
+  return model, variables
 
 
 def _check_variables(network: networks.SSLNetwork, variables: dict,
                      path: str) -> None:
-  """The converted leaves are exactly the network's, with its shapes (flax
-  ignores extra leaves without a word, which would run another network)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  side = 32
-  want = jax.eval_shape(
-      lambda: network.init(jax.random.key(0), jax.numpy.zeros(
-          (1, side, side, 3)), train=False))
-  want = dict(_leaves({k: want[k] for k in ('params', 'batch_stats')}))
-  have = dict(_leaves(variables))
-  extra = sorted(set(have) - set(want))
-  missing = sorted(set(want) - set(have))
-  shapes = sorted(k for k in set(want) & set(have) if want[k] != have[k])
-  problems = []
-  for what, names in (('not used by the network', extra),
-                      ('needed by the network but not in the file', missing)):
-    if names:
-      problems.append(f'{len(names)} leaves {what}: {", ".join(names[:4])}'
-                      + (' ...' if len(names) > 4 else ''))
-  if shapes:
-    problems.append('shapes differ: ' + ', '.join(
-        f'{k} {have[k]} vs {want[k]}' for k in shapes[:4]))
-  if problems:
-    raise ValueError(
+  """The converted leaves are exactly the network's (flax ignores extra
+  leaves without a word, which would run another network), finite."""
+  try:
+    networks.check_variables(network, variables, (1, 32, 32, 3))
+  except networks.VariablesMismatchError as e:
+    raise NotAnOfficialCheckpointError(
         f'{path} does not convert to the ResNet-{network.encoder.depth} it '
-        'describes: ' + '; '.join(problems) + '. Is it an official BYOL '
-        'checkpoint?')
+        f'describes: {e} Is it an official BYOL checkpoint?') from None
 
 
 def build(model: ml_collections.ConfigDict, variables: dict

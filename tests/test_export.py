@@ -119,6 +119,59 @@ def test_export_and_extract_features_commands(pretrained, tmp_path):
   r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
                      timeout=300)
   assert r.returncode != 0 and 'exists' in r.stderr  # Never overwritten.
+  # --out without .npy: np.save would write feats.npy; that name is checked.
+  r = subprocess.run(cmd[:-3] + [f'--out={tmp_path / "feats"}'] + cmd[-2:],
+                     cwd=ROOT, env=env, capture_output=True, text=True,
+                     timeout=300)
+  assert r.returncode != 0 and f'{feats_path} exists' in r.stderr, \
+      r.stderr[-2000:]
+  assert np.array_equal(np.load(feats_path), feats)
+
+
+def _tampered(src, dst, change):
+  with np.load(src, allow_pickle=False) as f:
+    arrays = {k: f[k] for k in f.files}
+  change(arrays)
+  with open(dst, 'wb') as f:
+    np.savez(f, **arrays)
+  return str(dst)
+
+
+def test_load_encoder_refuses_what_it_cannot_run(pretrained, tmp_path):
+  """NaN weights, missing or foreign metadata, and arrays of another
+  network are refused when the file is loaded, not at first use."""
+  good = export.export(str(pretrained[0]), str(tmp_path / 'enc.npz'))
+  byol_jax.load_encoder(good)
+
+  def nan(a):
+    a['params/stem_conv/kernel'] = a['params/stem_conv/kernel'] * np.nan
+
+  def deeper(a):
+    meta = json.loads(str(a['__metadata__']))
+    meta['model']['depth'] = 34
+    a['__metadata__'] = np.array(json.dumps(meta))
+
+  cases = [
+      (nan, 'non-finite'), (deeper, 'needed by the network but missing'),
+      (lambda a: a.pop('__metadata__'), 'is not a byol_jax encoder export'),
+      (lambda a: a.update(__metadata__=np.array('{not json')),
+       'is not a byol_jax encoder export'),
+      (lambda a: a.update(__metadata__=np.array('[1]')), 'flax-layout'),
+  ]
+  for i, (change, message) in enumerate(cases):
+    path = _tampered(good, tmp_path / f'bad{i}.npz', change)
+    with pytest.raises(export.EncoderFileError, match=message):
+      byol_jax.load_encoder(path)
+
+
+def test_export_never_writes_through_a_symlink(pretrained, tmp_path):
+  target = tmp_path / 'elsewhere.npz'
+  link = tmp_path / 'enc.npz'
+  link.symlink_to(target)  # Dangling.
+  for overwrite in (False, True):
+    with pytest.raises(FileExistsError, match='symbolic link'):
+      export.export(str(pretrained[0]), str(link), overwrite=overwrite)
+  assert not target.exists()
 
 
 def test_official_pickle_is_refused_by_export_when_unsafe(tmp_path):

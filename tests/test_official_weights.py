@@ -138,8 +138,8 @@ def test_conversion_refuses_leaves_the_network_does_not_use(tmp_path):
              if k != 'res_net18/~/block_group_0/~/block_0/~/conv_1'}
   write_official_checkpoint(tmp_path / 'missing.pkl', missing, state,
                             dill.dump)
-  with pytest.raises(ValueError, match=r'needed by the network but not in the '
-                     r'file: params/encoder/stage1_block1/Conv_1/kernel'):
+  with pytest.raises(ValueError, match=r'needed by the network but missing: '
+                     r'params/encoder/stage1_block1/Conv_1/kernel'):
     official_weights.load(str(tmp_path / 'missing.pkl'))
 
 
@@ -329,3 +329,31 @@ def test_evaluate_reads_an_official_file(official_file, tmp_path):
                      match='pretrained on 3-channel images'):
     evaluate.run(ml_collections.ConfigDict(c), 'linear', str(path))
   assert not (path.parent / 'results').exists()
+
+
+def test_malformed_files_get_a_message_not_a_raw_error(tmp_path):
+  """Safe to unpickle, but not a BYOL checkpoint: a clear error naming the
+  file, never KeyError / RecursionError from deep inside."""
+  params, state = official_layout(np.random.RandomState(1), **DILL034_KWARGS)
+  loop = []
+  loop.append(loop)
+  cases = {
+      'no_state.pkl': (dill.dumps({'experiment_state': {
+          'online_params': params}}, protocol=2), 'no target_params mapping'),
+      'list.pkl': (dill.dumps([1, 2], protocol=2), 'no experiment_state'),
+      'loop.pkl': (pickle.dumps({'experiment_state': loop}, protocol=2),
+                   'RecursionError'),
+      'noise.pkl': (b'\x80\x02' + bytes(range(200)), 'not a readable pickle'),
+      'empty.pkl': (b'', 'not a readable pickle'),
+  }
+  for name, (data, message) in cases.items():
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(official_weights.NotAnOfficialCheckpointError,
+                       match=message):
+      official_weights.load(str(tmp_path / name))
+  nan = {k: {leaf: v * np.nan for leaf, v in p.items()} if 'conv_0' in k
+         else p for k, p in params.items()}
+  write_official_checkpoint(tmp_path / 'nan.pkl', nan, state, dill.dump)
+  with pytest.raises(official_weights.NotAnOfficialCheckpointError,
+                     match='non-finite'):
+    official_weights.load(str(tmp_path / 'nan.pkl'))
