@@ -76,10 +76,11 @@ def extract_features(checkpoint: str, dataset, split: str,
 def main(argv):
   del argv
   cli.setup()
-  out = _OUT.value
-  labels_path = os.path.splitext(out)[0] + '_labels.npy'
+  # np.save appends .npy: check the names that will really be written.
+  out = _OUT.value if _OUT.value.endswith('.npy') else _OUT.value + '.npy'
+  labels_path = out[:-len('.npy')] + '_labels.npy'
   for path in (out, labels_path):
-    if os.path.exists(path):
+    if os.path.lexists(path):  # A dangling symlink too.
       raise app.UsageError(f'{path} exists; choose another --out.')
   if _BATCH.value % jax.device_count():
     raise app.UsageError(f'--batch_size={_BATCH.value} is not divisible by '
