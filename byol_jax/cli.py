@@ -1,7 +1,13 @@
 """Command-line pieces shared by `byol_jax.main` and `byol_jax.evaluate`:
 the multi-host flags and a quieter log."""
 
+import os
+import sys
+import threading
+
 from absl import app, flags, logging
+
+from byol_jax import console
 
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Call jax.distributed.initialize() first (every '
@@ -15,6 +21,9 @@ _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None,
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'This process, 0..'
                                    'num_processes-1, with '
                                    '--coordinator_address.')
+_TIMEOUT = flags.DEFINE_integer(
+    'distributed_timeout_s', 300, 'How long --distributed waits for the '
+    'coordinator and every other process before giving up.')
 
 
 class _QuietLibraries:
@@ -25,16 +34,48 @@ class _QuietLibraries:
     return record.levelno >= 30 or not noisy
 
 
+def _give_up(message: str) -> None:
+  sys.stderr.write(f'Error: {message}\n')
+  sys.stderr.flush()
+  os._exit(1)  # pylint: disable=protected-access
+
+
 def setup() -> None:
   """Quiets library logs; joins the multi-host cluster if --distributed."""
   import jax  # pylint: disable=g-import-not-at-top
   logging.get_absl_handler().addFilter(_QuietLibraries())
-  if _DISTRIBUTED.value:
+  if not _DISTRIBUTED.value:
+    given = [f'--{f.name}' for f in (_COORDINATOR, _NUM_PROCESSES,
+                                     _PROCESS_ID) if f.value is not None]
+    if given:  # Otherwise the process would train alone, silently.
+      raise app.UsageError(f'{", ".join(given)} need(s) --distributed.')
+    return
+  where = (f'the coordinator at {_COORDINATOR.value}' if _COORDINATOR.value
+           else 'the cluster (auto-detected)')
+  logging.info('Joining %s as process %s of %s; waiting up to %d s for all '
+               'processes (--distributed_timeout_s).', where,
+               _PROCESS_ID.value, _NUM_PROCESSES.value, _TIMEOUT.value)
+  # JAX's runtime aborts the process (SIGABRT, a C++ stack trace) when its
+  # own deadline passes: this watchdog says what happened first, and exits.
+  watchdog = threading.Timer(_TIMEOUT.value, _give_up, (
+      f'--distributed: not every process joined {where} within '
+      f'{_TIMEOUT.value} s (--distributed_timeout_s). Start all '
+      f'{_NUM_PROCESSES.value or "N"} processes with the same '
+      '--coordinator_address, each with its own --process_id.',))
+  watchdog.daemon = True
+  watchdog.start()
+  try:
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value,
-                               process_id=_PROCESS_ID.value)
-    logging.info('Process %d of %d, %d local / %d global devices.',
-                 jax.process_index(), jax.process_count(),
-                 jax.local_device_count(), jax.device_count())
-  elif _COORDINATOR.value:
-    raise app.UsageError('--coordinator_address needs --distributed.')
+                               process_id=_PROCESS_ID.value,
+                               initialization_timeout=_TIMEOUT.value + 60)
+  except ValueError as e:  # No cluster detected, nothing given.
+    raise console.UserError(
+        f'--distributed found no cluster to join ({e}). Outside TPU pods and '
+        'SLURM, pass --coordinator_address=host:port --num_processes=N '
+        '--process_id=i on every process.') from None
+  finally:
+    watchdog.cancel()
+  logging.info('Process %d of %d, %d local / %d global devices.',
+               jax.process_index(), jax.process_count(),
+               jax.local_device_count(), jax.device_count())

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from byol_jax import augment
+from byol_jax import augment, console
 
 FASHION_MNIST_IDX_DIR = '/usr/share/datasets/fashion-mnist'
 _IDX_FILES = {
@@ -33,7 +33,7 @@ _IDX_FILES = {
 }
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(console.UserError, FileNotFoundError):
   """The configured dataset cannot be read on this machine."""
 
 
@@ -263,6 +263,14 @@ def take(source, n: int):
   if isinstance(source, StreamSource):
     return source.take(n)
   return ArraySource(source.images[:n], source.labels[:n])
+
+
+def label_classes(source) -> int:
+  """How many classes the labels of `source` need: the dataset's declared
+  count for TFDS splits, max label + 1 for arrays held in memory."""
+  if isinstance(source, StreamSource):
+    return source.builder.info.features['label'].num_classes
+  return int(source.labels.max()) + 1 if len(source) else 0
 
 
 def num_channels(source) -> int:
