@@ -418,6 +418,7 @@ def run(config: Optional[ml_collections.ConfigDict], mode: str,
     config = ml_collections.ConfigDict(saved)
   config_lib.validate_eval(config, mode, jax.device_count(),
                            jax.process_count())
+  config_lib.check_same_across_processes(config)
   d = config.dataset
   if d.num_channels != saved['dataset']['num_channels']:
     raise config_lib.ConfigError(
@@ -426,6 +427,9 @@ def run(config: Optional[ml_collections.ConfigDict], mode: str,
         f'({d.name}); evaluate on a dataset with the same channels.')
   train_source = input_pipeline.load_source(d, d.train_split)
   eval_source = input_pipeline.load_source(d, d.eval_split)
+  config_lib.validate_data(
+      d, input_pipeline.num_channels(train_source),
+      max(map(input_pipeline.label_classes, (train_source, eval_source))))
   model = ml_collections.ConfigDict(saved['model'])
   workdir = os.path.dirname(directory.rstrip('/'))
   name = result_name(config, mode, step)

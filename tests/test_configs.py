@@ -2,6 +2,7 @@
 
 import glob
 import os
+import re
 
 import pytest
 from ml_collections import config_flags  # noqa: F401  (config file loader)
@@ -105,6 +106,29 @@ def test_config_argument_errors_are_clear():
     ('optimizer.name', 'adam', "optimizer.name='adam' is unknown"),
     ('target.tau_base', 1.5, 'outside [0, 1]'),
     ('loss.name', 'mse', "loss.name='mse' is unknown"),
+    # Accepted silently before: each would train wrongly or lose data.
+    ('keep_checkpoints', 0, 'keep_checkpoints=0 must be >= 1'),
+    ('optimizer.base_lr', -1.0, 'optimizer.base_lr=-1.0 must be a finite'),
+    ('optimizer.base_lr', float('nan'), 'optimizer.base_lr=nan must be'),
+    ('optimizer.base_lr', float('inf'), 'optimizer.base_lr=inf must be'),
+    ('optimizer.momentum', 2.0, 'optimizer.momentum=2.0 must be in [0, 1)'),
+    ('eval.knn_k', 0, 'eval.knn_k=0 must be an integer >= 1'),
+    ('eval.knn_temperature', 0.0, 'eval.knn_temperature=0.0 must be > 0'),
+    ('augment.view1.flip_prob', 2.0, 'augment.view1.flip_prob=2.0 must be a '
+     'probability in [0, 1]'),
+    ('augment.view1.crop_area', (1.5, 0.5), 'augment.view1.crop_area=(1.5, '
+     '0.5) must be (low, high)'),
+    ('checkpoint_every_steps', -5, 'checkpoint_every_steps=-5 must be >= 0'),
+    ('dataset.std', (0.0,), r'dataset.std=(0.0,) must be > 0'),
+    ('dataset.mean', (0.5, 0.5, 0.5), 'dataset.mean has 3 and dataset.std 1 '
+     'values for 1 channels'),
+    ('dataset.image_size', 0, 'dataset.image_size=0 must be a positive'),
+    ('model.projection_dim', 0, 'model.projection_dim=0'),
+    ('eval.batch_size', 0, 'eval.batch_size=0 must be a positive multiple of '
+     'the 8 devices'),
+    ('batch_size', 0, 'batch_size=0 must be a positive multiple of the 8 '
+     'devices'),
+    ('batch_size', -16, 'batch_size=-16 must be a positive multiple'),
 ])
 def test_validation_says_what_to_change(field, value, message):
   c = load('byol_fashion_mnist.py')
@@ -113,9 +137,27 @@ def test_validation_says_what_to_change(field, value, message):
   for p in parents:
     node = node[p]
   node[leaf] = value
-  with pytest.raises(config_lib.ConfigError, match=message.replace(
-      '[', r'\[').replace(']', r'\]')):
+  with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
     config_lib.validate(c, num_devices=8)
+
+
+def test_knn_evaluation_refuses_a_zero_eval_batch():
+  c = load('byol_fashion_mnist.py')
+  c.eval.batch_size = 0
+  with pytest.raises(config_lib.ConfigError,
+                     match='eval.batch_size=0 must be a positive multiple'):
+    config_lib.validate_eval(c, 'knn', num_devices=8)
+
+
+def test_dataset_fields_that_contradict_the_data_are_refused():
+  c = load('byol_fashion_mnist.py')
+  config_lib.validate_data(c.dataset, channels=1, classes=10)
+  with pytest.raises(config_lib.ConfigError,
+                     match='num_classes=10 but fashion_mnist labels go up to '
+                     '11; set --config.dataset.num_classes=12'):
+    config_lib.validate_data(c.dataset, channels=1, classes=12)
+  with pytest.raises(config_lib.ConfigError, match='num_channels=1 but'):
+    config_lib.validate_data(c.dataset, channels=3, classes=10)
 
 
 def test_warmup_longer_than_training_is_refused():
