@@ -10,7 +10,10 @@ message instead of being overwritten.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
+import hashlib
+import json
 import os
 import socket
 from typing import Any, Iterator, Optional
@@ -18,7 +21,10 @@ from typing import Any, Iterator, Optional
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+import tensorflow as tf
 from etils import epath
+
+from byol_jax import console
 
 # Config fields that define the shapes of the saved pytree.
 _SHAPE_FIELDS = ('model', 'dataset.num_classes', 'dataset.num_channels',
@@ -44,16 +50,56 @@ _HINTS = {
 }
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(console.UserError, ValueError):
   """The workdir holds a checkpoint of a different model or optimizer."""
 
 
-class CheckpointCorruptError(RuntimeError):
+class CheckpointCorruptError(console.UserError, RuntimeError):
   """The workdir's latest checkpoint cannot be read."""
 
 
-class WorkdirBusyError(RuntimeError):
+class WorkdirError(console.UserError, ValueError):
+  """The workdir cannot hold a run (a file, read-only, empty path)."""
+
+
+class DiskFullError(console.UserError, OSError):
+  """A checkpoint could not be written for lack of space."""
+
+
+class WorkdirBusyError(console.UserError, RuntimeError):
   """Another live run holds the workdir."""
+
+
+def check_workdir(workdir: str) -> None:
+  """Refuses, before anything is read or compiled, a workdir a run could not
+  finish in: empty, a file, a part (checkpoints/, results/, eval/,
+  tensorboard/, metrics.jsonl) of the wrong kind, or not writable. Local
+  paths only; an object store reports its own errors."""
+  if not workdir:
+    raise WorkdirError('--workdir is empty; give the run a directory.')
+  if '://' in workdir:
+    return
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f'--workdir={workdir} is a file, not a directory.')
+  parts = {'checkpoints': True, 'checkpoint_checksums': True,
+           'results': True, 'eval': True, 'tensorboard': True,
+           'metrics.jsonl': False}
+  for name, is_dir in parts.items():
+    path = os.path.join(workdir, name)
+    if os.path.lexists(path) and os.path.isdir(path) != is_dir:
+      raise WorkdirError(
+          f'{path} should be a {"directory" if is_dir else "file"} but is '
+          f'not; move it away (nothing was changed).')
+  existing = workdir
+  while not os.path.exists(existing):
+    existing = os.path.dirname(os.path.abspath(existing))
+  for path in [existing] + [os.path.join(workdir, n) for n in parts]:
+    # No write bit at all counts as read-only for root too (who could write).
+    if os.path.exists(path) and (not os.access(path, os.W_OK)
+                                 or not os.stat(path).st_mode & 0o222):
+      raise WorkdirError(f'{path} is not writable; the run could not save '
+                         'its checkpoints or results there (nothing was '
+                         'changed).')
 
 
 @contextlib.contextmanager
@@ -117,11 +163,102 @@ def make_manager(workdir: str, keep: int = 3) -> ocp.CheckpointManager:
 
 
 def save(manager: ocp.CheckpointManager, state, config) -> None:
-  """Saves `state` at its step with the config that produced it."""
+  """Saves `state` at its step with the config that produced it (async);
+  first records the checksums of the saves already final."""
   step = int(jax.device_get(state.step))
-  manager.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
-      config=ocp.args.JsonSave(config.to_dict())), force=True)
+  finish(manager)
+  with _disk_full_is_a_message(manager, step):
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        config=ocp.args.JsonSave(config.to_dict())), force=True)
+
+
+@contextlib.contextmanager
+def _disk_full_is_a_message(manager, step: Optional[int]):
+  """A full disk (ENOSPC; RESOURCE_EXHAUSTED from tensorstore) ends the run
+  with what happened and what is safe, instead of a raw traceback."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except
+    text = f'{type(e).__name__}: {e}'
+    if not (getattr(e, 'errno', None) == errno.ENOSPC
+            or 'RESOURCE_EXHAUSTED' in text or 'No space left' in text):
+      raise
+    which = f'of step {step} ' if step is not None else ''
+    kept = sorted(manager.all_steps())
+    raise DiskFullError(
+        f'The disk holding {manager.directory} is full: the checkpoint '
+        f'{which}could not be written. The earlier checkpoints '
+        f'({", ".join(map(str, kept)) or "none"}) are intact. Free some '
+        'space and run the same command to resume.') from None
+
+
+def finish(manager: ocp.CheckpointManager) -> None:
+  """Waits for the pending save, then records a checksum of every final
+  step that has none (process 0; orbax itself has no content check)."""
+  with _disk_full_is_a_message(manager, None):
+    manager.wait_until_finished()
+    if jax.process_index() == 0:
+      _record_checksums(manager)
+
+
+def _record_checksums(manager) -> None:
+  steps = set(manager.all_steps())
+  records = _checksum_dir(manager)
+  tf.io.gfile.makedirs(records)
+  for name in tf.io.gfile.listdir(records):
+    if name.endswith('.json') and name[:-5].isdigit() and int(
+        name[:-5]) not in steps:
+      tf.io.gfile.remove(os.path.join(records, name))  # Pruned by max_to_keep.
+  for step in steps:
+    path = os.path.join(records, f'{step}.json')
+    if not tf.io.gfile.exists(path):
+      tmp = path + '.tmp'
+      with tf.io.gfile.GFile(tmp, 'w') as f:
+        json.dump(_digest(manager, step), f, indent=1, sort_keys=True)
+      tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+def _checksum_dir(manager) -> str:
+  """<workdir>/checkpoint_checksums, beside orbax's checkpoints/."""
+  return os.path.join(os.path.dirname(str(manager.directory).rstrip('/')),
+                      'checkpoint_checksums')
+
+
+def _digest(manager, step: int) -> dict[str, str]:
+  """sha256 of every file of a step's directory, by relative path."""
+  root = os.path.join(str(manager.directory), str(step))
+  out = {}
+  for dirpath, _, files in tf.io.gfile.walk(root):
+    for name in files:
+      path = os.path.join(dirpath, name)
+      h = hashlib.sha256()
+      with tf.io.gfile.GFile(path, 'rb') as f:
+        for block in iter(lambda: f.read(1 << 22), b''):
+          h.update(block)
+      out[os.path.relpath(path, root)] = h.hexdigest()
+  return out
+
+
+def _verify(manager, step: int) -> None:
+  """Refuses a step whose files differ from the checksums recorded when its
+  save was final (a flipped byte would otherwise resume silently). Steps
+  saved before checksums existed, or killed before recording, pass."""
+  path = os.path.join(_checksum_dir(manager), f'{step}.json')
+  if not tf.io.gfile.exists(path):
+    return
+  with tf.io.gfile.GFile(path) as f:
+    want = json.load(f)
+  have = _digest(manager, step)
+  changed = sorted(k for k in set(want) | set(have)
+                   if want.get(k) != have.get(k))
+  if changed:
+    raise CheckpointCorruptError(
+        f'Could not read the checkpoint of step {step} in {manager.directory}: '
+        f'{len(changed)} of its files differ from the checksums recorded when '
+        f'it was saved ({", ".join(changed[:3])}): changed or damaged since.\n'
+        'It was left untouched. Move that step directory away to resume from '
+        'an earlier checkpoint, or use a new --workdir.')
 
 
 def load_config(manager: ocp.CheckpointManager,
@@ -176,6 +313,7 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any,
   """Restores the state at `step` (default: latest) into `abstract_state`'s
   structure and shardings."""
   step = manager.latest_step() if step is None else step
+  _verify(manager, step)
   try:
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract_state)))
@@ -221,6 +359,7 @@ def load_pretrained(path: str, sharding: Optional[jax.sharding.Sharding]
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'{directory} holds no finished checkpoint.')
+  _verify(manager, step)
   config = load_config(manager, step)
   sharding = sharding or jax.sharding.SingleDeviceSharding(
       jax.local_devices()[0])

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 
 def write_result(workdir: str, name: str, record: Mapping[str, Any]) -> str:
@@ -65,14 +66,19 @@ def _append(path: str, text: str) -> None:
 
 class MetricWriter:
   """Appends {'step': s, name: value, ...} records to <workdir>/metrics.jsonl
-  and writes the same scalars to TensorBoard under <workdir>/tensorboard."""
+  and writes the same scalars to TensorBoard under <workdir>/tensorboard.
 
-  def __init__(self, workdir: str):
+  resume_step: the step the run starts from; records of later steps (logged
+  by an earlier attempt before it stopped) are dropped, so the file
+  describes one run."""
+
+  def __init__(self, workdir: str, resume_step: int = 0):
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self._tb = None
     if self.enabled:
       tf.io.gfile.makedirs(workdir)
+      _drop_records_after(self.path, resume_step)
       self._tb = tf.summary.create_file_writer(
           os.path.join(workdir, 'tensorboard'))
 
@@ -91,13 +97,60 @@ class MetricWriter:
       self._tb.close()
 
 
+def _parse(lines):
+  """(records, number of unreadable lines): a line cut short by a crash or
+  edited by hand is skipped, never fatal."""
+  records, bad = [], 0
+  for line in lines:
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError:
+      bad += 1
+      continue
+    if isinstance(record, dict) and isinstance(record.get('step'), int):
+      records.append(record)
+    else:
+      bad += 1
+  return records, bad
+
+
 def read_metrics(path: str) -> list[dict]:
   with tf.io.gfile.GFile(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    records, bad = _parse(f)
+  if bad:
+    logging.warning('%s: skipped %d unreadable line(s).', path, bad)
+  return records
+
+
+def _drop_records_after(path: str, step: int) -> None:
+  if not tf.io.gfile.exists(path):
+    return
+  with tf.io.gfile.GFile(path) as f:
+    lines = f.readlines()
+  keep = [line for line in lines
+          if any(r['step'] <= step for r in _parse([line])[0])]
+  if len(keep) == len(lines):
+    return
+  logging.info('%s: dropped %d record(s) past step %d (or unreadable), where '
+               'this run resumes.', path, len(lines) - len(keep), step)
+  tmp = path + '.tmp'
+  with tf.io.gfile.GFile(tmp, 'w') as f:
+    f.write(''.join(keep))
+  tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 def plot_curves(metrics_path: str, out_path: str) -> None:
-  """PNG of the training curves: loss, lr, tau, collapse std, accuracies."""
+  """PNG of the training curves: loss, lr, tau, collapse std, accuracies.
+  Never raises: a failed plot is a warning, not a failed run."""
+  try:
+    _plot_curves(metrics_path, out_path)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning('Could not plot %s to %s: %s', metrics_path, out_path, e)
+
+
+def _plot_curves(metrics_path: str, out_path: str) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top

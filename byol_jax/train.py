@@ -13,12 +13,12 @@ import jax
 import numpy as np
 from absl import logging
 
-from byol_jax import (checkpointing, config_lib, diagnostics, evaluate,
-                      input_pipeline, metric_writer, networks, optim,
-                      train_step)
+from byol_jax import (checkpointing, config_lib, console, diagnostics,
+                      evaluate, input_pipeline, metric_writer, networks,
+                      optim, train_step)
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(console.UserError, FloatingPointError):
   """The loss became NaN or Inf; the last good checkpoint is kept."""
 
 
@@ -58,6 +58,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   workdir; process 0 holds the lock for all processes of a multi-host run.
   """
   config_lib.validate(config, jax.device_count(), jax.process_count())
+  config_lib.check_same_across_processes(config)
+  checkpointing.check_workdir(workdir)
   if jax.process_index() != 0:
     return _train_and_evaluate(config, workdir)
   with checkpointing.workdir_lock(workdir):
@@ -69,11 +71,9 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
   d = config.dataset
   train_source = input_pipeline.load_source(d, d.train_split)
   eval_source = input_pipeline.load_source(d, d.eval_split)
-  channels = input_pipeline.num_channels(train_source)
-  if channels != d.num_channels:
-    raise config_lib.ConfigError(
-        f'dataset.num_channels={d.num_channels} but {d.name} images have '
-        f'{channels} channels; set --config.dataset.num_channels={channels}.')
+  config_lib.validate_data(
+      d, input_pipeline.num_channels(train_source),
+      max(map(input_pipeline.label_classes, (train_source, eval_source))))
   config_lib.validate_schedule(config, len(train_source))
 
   num_steps = config_lib.total_steps(config, len(train_source))
@@ -108,7 +108,8 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
   start_step = int(jax.device_get(state.step))
 
   evaluator = evaluate.KnnEvaluator(config, network, mesh, train_source, eval_source)
-  writer = metric_writer.MetricWriter(workdir)
+  # Records past the restored step were of steps this run does again.
+  writer = metric_writer.MetricWriter(workdir, resume_step=start_step)
   baselines = {}
   if config.eval.baselines:
     baselines.update(evaluator.raw_pixels())
@@ -145,6 +146,9 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
                config.batch_size, jax.device_count(), start_step)
   pending, timed_from = [], None
   step = start_step
+  saved_step = manager.latest_step()
+  # SIGTERM / SIGINT anywhere below, the final save and evaluation included,
+  # end in a durable checkpoint and exit code 128 + signal.
   with _StopRequest() as stop:
     while step < num_steps:
       batch = train_step.shard_batch(next(batches), mesh)
@@ -164,10 +168,12 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
         summary = metric_writer.mean_metrics(pending)
         pending = []
         if not np.isfinite(summary['loss']):
+          good = manager.latest_step()
           raise NonFiniteLossError(
               f'Loss is {summary["loss"]} at step {step} (mean since the '
-              'previous log line); stopping. The last good '
-              f'checkpoint (step {manager.latest_step()}) is untouched.')
+              'previous log line); stopping. ' + (
+                  f'The last good checkpoint (step {good}) is untouched.'
+                  if good is not None else 'No checkpoint was written yet.'))
         now = time.time()
         rate = (step - timed_from[1]) / max(now - timed_from[0], 1e-9)
         summary['images_per_second'] = rate * config.batch_size
@@ -190,6 +196,7 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
               summary['collapse/healthy_std'])
       if save_now:
         checkpointing.save(manager, state, config)
+        saved_step = step
       if knn_every and step % knn_every == 0 and not last:
         accs = evaluator(_online_variables(state))
         writer.write(step, accs)
@@ -200,29 +207,35 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
         logging.info('epoch %d online probe on the eval split: %s',
                      step // steps_per_epoch, _fmt(accs))
       if stop.signal:
-        checkpointing.save(manager, state, config)
-        manager.wait_until_finished()
-        logging.warning('Stopped by signal %d at step %d; checkpoint saved. '
-                        'Run the same command to resume.', stop.signal, step)
-        raise SystemExit(128 + stop.signal)
-  if manager.latest_step() != step:  # Not when resuming a finished run.
-    checkpointing.save(manager, state, config)
-  manager.wait_until_finished()
-
-  final = evaluator(_online_variables(state))
-  writer.write(step, final)
-  writer.close()
+        break
+    if saved_step != step:  # Once per step (a periodic save may have run).
+      checkpointing.save(manager, state, config)
+    checkpointing.finish(manager)
+    if stop.signal:
+      _stopped(stop.signal, step)
+    final = evaluator(_online_variables(state))
+    if stop.signal:  # During the evaluation: the rerun evaluates again.
+      _stopped(stop.signal, step)
+    writer.write(step, final)
+    writer.close()
+    result = {**final, **baselines, 'step': step,
+              'wall_time_s': time.time() - start_time}
+    metric_writer.write_result(workdir, f'knn_step{step}', {
+        'metrics': result, 'checkpoint_step': step,
+        'checkpoint_dir': checkpointing.checkpoint_dir(workdir),
+        'config': config.to_dict()})
+  # After the result: a plot never fails a finished run.
   if jax.process_index() == 0:
     metric_writer.plot_curves(writer.path,
                               os.path.join(workdir, 'training_curves.png'))
-  result = {**final, **baselines, 'step': step,
-            'wall_time_s': time.time() - start_time}
-  metric_writer.write_result(workdir, f'knn_step{step}', {
-      'metrics': result, 'checkpoint_step': step,
-      'checkpoint_dir': checkpointing.checkpoint_dir(workdir),
-      'config': config.to_dict()})
   logging.info('Final: %s', _fmt(result))
   return result
+
+
+def _stopped(signum: int, step: int):
+  logging.warning('Stopped by signal %d at step %d; checkpoint saved. Run the '
+                  'same command to resume.', signum, step)
+  raise SystemExit(128 + signum)
 
 
 def _online_variables(state):

@@ -43,3 +43,27 @@ def test_a_checkpoint_of_optax_lars_order_is_refused_with_what_to_do():
   checkpointing.check_compatible(old, c, 'DIR')
   simsiam = config_lib.simsiam_overrides(config_lib.base_config())
   checkpointing.check_compatible(simsiam.to_dict(), simsiam, 'DIR')
+
+
+def test_a_workdir_the_run_could_not_finish_in_is_refused_up_front(tmp_path):
+  """Checked before anything is read or compiled (a read-only results/ used
+  to fail only after the whole training)."""
+  checkpointing.check_workdir(str(tmp_path / 'new' / 'run'))  # Fine.
+  with pytest.raises(checkpointing.WorkdirError, match='--workdir is empty'):
+    checkpointing.check_workdir('')
+  (tmp_path / 'file').write_text('x')
+  with pytest.raises(checkpointing.WorkdirError, match='is a file'):
+    checkpointing.check_workdir(str(tmp_path / 'file'))
+  run = tmp_path / 'run'
+  (run / 'results').mkdir(parents=True)
+  (run / 'results').chmod(0o555)
+  try:
+    with pytest.raises(checkpointing.WorkdirError,
+                       match='results is not writable'):
+      checkpointing.check_workdir(str(run))
+  finally:
+    (run / 'results').chmod(0o755)
+  (run / 'metrics.jsonl').mkdir()
+  with pytest.raises(checkpointing.WorkdirError,
+                     match='metrics.jsonl should be a file'):
+    checkpointing.check_workdir(str(run))

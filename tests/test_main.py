@@ -216,6 +216,12 @@ def test_nan_loss_and_corrupt_checkpoint_stop_without_touching_it(tmp_path,
       r.stderr, r.stderr[-2000:]
   assert 'The last good checkpoint (step 4) is untouched' in r.stderr
   assert _snapshot(workdir / 'checkpoints') == good
+  # From scratch, diverging before any save: said so (not "step None").
+  r = _cli(tmp_path / 'fresh', idx_dir, '--config.num_train_steps=4', *flags,
+           '--config.optimizer.base_lr=1e30')
+  assert r.returncode != 0
+  assert 'No checkpoint was written yet' in r.stderr, r.stderr[-2000:]
+  assert 'Traceback' not in r.stderr
 
   # Corrupt every data file of the state; the run refuses to start.
   state_files = [p for p in good if '/state/' in str(p)
@@ -230,3 +236,163 @@ def test_nan_loss_and_corrupt_checkpoint_stop_without_touching_it(tmp_path,
       r.stderr[-2000:]
   assert 'It was left untouched' in r.stderr
   assert _snapshot(workdir / 'checkpoints') == corrupt
+
+
+# A real SIGTERM to the real process at a chosen moment: `checkpointing.save`
+# is wrapped so that the process signals itself just before saving step N
+# (the signal handler runs at once; the run then has to finish cleanly).
+_TERM_BEFORE_SAVE = '''
+import os, signal, sys
+from byol_jax import checkpointing, main
+_save, target = checkpointing.save, int(os.environ['TERM_AT_STEP'])
+def term_then_save(manager, state, config):
+  if int(state.step) == target:
+    os.kill(os.getpid(), signal.SIGTERM)
+  _save(manager, state, config)
+checkpointing.save = term_then_save
+sys.argv = sys.argv[1:]
+main.run()
+'''
+
+
+def _term_run(workdir, idx_dir, step, *flags):
+  cmd = _cli_command(workdir, idx_dir, *flags)
+  return subprocess.run([sys.executable, '-c', _TERM_BEFORE_SAVE, *cmd[2:]],
+                        cwd=ROOT, capture_output=True, text=True,
+                        env=dict(_cli_env(), TERM_AT_STEP=str(step)),
+                        timeout=600)
+
+
+@pytest.mark.parametrize('case', ['final_save', 'periodic_save'])
+def test_sigterm_anywhere_ends_in_one_durable_checkpoint(tmp_path, idx_dir,
+                                                         case):
+  """SIGTERM between the last step and the final save (it used to kill the
+  run: no checkpoint, a rerun from step 0), or on a periodic checkpoint step
+  (it used to save twice: StepAlreadyExistsError, exit 1): the step is saved
+  once, the exit code is 128 + 15, and the same command finishes the run."""
+  flags = ['--config.num_train_steps=4', '--config.eval.baselines=False',
+           '--config.checkpoint_every_steps=2']
+  step = 4 if case == 'final_save' else 2
+  r = _term_run(tmp_path / 'run', idx_dir, step, *flags)
+  assert r.returncode == 128 + 15, r.stderr[-3000:]
+  assert f'Stopped by signal 15 at step {step}; checkpoint saved' in r.stderr
+  assert 'StepAlreadyExistsError' not in r.stderr
+  saved = sorted(os.listdir(tmp_path / 'run' / 'checkpoints'))
+  assert saved == ['2', '4'][:1 + (step == 4)], saved
+  assert not (tmp_path / 'run' / 'results').exists()
+  r = _cli(tmp_path / 'run', idx_dir, *flags)
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert f'Resumed from step {step}' in r.stderr
+  assert (tmp_path / 'run' / 'results' / 'knn_step4.json').exists()
+  # One record per logged step: the stopped attempt's are not repeated.
+  steps = [json.loads(l)['step'] for l in open(tmp_path / 'run' /
+                                                 'metrics.jsonl')
+           if '"loss"' in l]
+  assert steps == [2, 4]
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_refused_untouched(tmp_path,
+                                                             pretrained):
+  """orbax has no content check; the checksum recorded when a save was final
+  catches a changed byte that would otherwise resume silently."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(pretrained[0], workdir)  # A finished 4-step run.
+  assert (workdir / 'checkpoint_checksums' / '4.json').exists()
+  data = max((p for p in (workdir / 'checkpoints' / '4').rglob('*')
+              if p.is_file() and '/state/' in str(p)),
+             key=lambda p: p.stat().st_size)
+  raw = bytearray(data.read_bytes())
+  raw[len(raw) // 2] ^= 0x80
+  data.write_bytes(bytes(raw))
+  before = _snapshot(workdir / 'checkpoints')
+  r = _cli(workdir, pretrained[1], '--config.num_train_steps=6',
+           '--config.eval.baselines=False')
+  assert r.returncode != 0
+  assert ('Could not read the checkpoint of step 4' in r.stderr
+          and 'differ from the checksums recorded when it was saved'
+          in r.stderr), r.stderr[-2000:]
+  assert 'Traceback' not in r.stderr
+  assert _snapshot(workdir / 'checkpoints') == before
+
+
+def test_mistakes_end_with_a_message_not_a_traceback(tmp_path, idx_dir):
+  """Refused before anything is compiled or written; no traceback."""
+  cases = [
+      (['--config.optimizer.base_lr=-1', '--config.keep_checkpoints=0'],
+       'optimizer.base_lr=-1.0 must be a finite number > 0'),
+      (['--config.optimizer.base_lrr=1'],
+       'Did you mean "base_lr" instead of "base_lrr"?'),
+  ]
+  for extra, message in cases:
+    r = _cli(tmp_path / 'run', idx_dir, *extra)
+    assert r.returncode != 0 and message in r.stderr, r.stderr[-2000:]
+    assert 'Traceback' not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / 'run').exists()
+  r = subprocess.run(_cli_command('', idx_dir), cwd=ROOT, capture_output=True,
+                     text=True, env=_cli_env(), timeout=600)
+  assert r.returncode != 0 and '--workdir is empty' in r.stderr
+  # checkpoints/ is a file: refused up front (it used to start over and fail
+  # minutes later), nothing written.
+  (tmp_path / 'run').mkdir()
+  (tmp_path / 'run' / 'checkpoints').write_text('not a directory')
+  r = _cli(tmp_path / 'run', idx_dir)
+  assert r.returncode != 0 and 'checkpoints should be a directory' in r.stderr
+  assert sorted(os.listdir(tmp_path / 'run')) == ['checkpoints']
+
+
+_FILL_DISK_BEFORE_SAVE = '''
+import os, sys
+from byol_jax import checkpointing, main
+_save, target = checkpointing.save, int(os.environ['FILL_AT_STEP'])
+def fill_then_save(manager, state, config):
+  if int(state.step) == target:
+    checkpointing.finish(manager)  # The earlier save is complete first.
+    with open(os.environ['FILLER'], 'wb') as f:
+      try:
+        while True:
+          f.write(b'\\0' * (1 << 16))
+          f.flush()
+      except OSError:
+        pass
+  _save(manager, state, config)
+checkpointing.save = fill_then_save
+sys.argv = sys.argv[1:]
+main.run()
+'''
+
+
+def test_a_full_disk_says_so_and_keeps_the_earlier_checkpoints(tmp_path,
+                                                               idx_dir):
+  """A real full disk (a small tmpfs, filled before the step-4 save): the
+  run ends with what happened and what is safe, not a RESOURCE_EXHAUSTED
+  traceback; with space again the same command resumes from step 2."""
+  disk = tmp_path / 'disk'
+  disk.mkdir()
+  if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64m', 'tmpfs',
+                     str(disk)], capture_output=True).returncode:
+    pytest.skip('cannot mount a tmpfs here (needs root)')
+  try:
+    workdir = disk / 'run'
+    flags = ['--config.num_train_steps=4', '--config.eval.baselines=False',
+             '--config.checkpoint_every_steps=2']
+    cmd = _cli_command(workdir, idx_dir, *flags)
+    r = subprocess.run(
+        [sys.executable, '-c', _FILL_DISK_BEFORE_SAVE, *cmd[2:]], cwd=ROOT,
+        capture_output=True, text=True, timeout=600, env=dict(
+            _cli_env(), FILL_AT_STEP='4', FILLER=str(disk / 'filler')))
+    assert r.returncode == 1, r.stderr[-3000:]
+    # orbax's background threads log their own errors (with tracebacks of
+    # orbax's frames); the run itself ends with what happened and what is
+    # safe, and no traceback of byol_jax's frames.
+    ours = [l for l in r.stderr.splitlines()
+            if l.startswith('Error: The disk holding')]
+    assert ours, r.stderr[-3000:]
+    assert 'is full: the checkpoint' in ours[0]
+    assert 'The earlier checkpoints (2) are intact' in ours[0]
+    assert 'byol_jax/train.py' not in r.stderr
+    (disk / 'filler').unlink()
+    r = _cli(workdir, idx_dir, *flags)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert 'Resumed from step 2' in r.stderr
+  finally:
+    subprocess.run(['umount', '-l', str(disk)], capture_output=True)

@@ -94,3 +94,51 @@ def test_two_processes_of_four_devices_equal_one_of_eight(tmp_path):
   assert r.returncode == 0, r.stderr[-3000:]
   _two_processes(multi, idx_dir, 4, *flags)
   _assert_same_run(single, multi, 3)
+
+
+def _run(cmd, env, timeout=300):
+  return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=timeout)
+
+
+def test_processes_given_different_configs_are_refused_before_compiling(
+    tmp_path, pretrained):
+  """Batch 16 on one process and 32 on the other used to compile both and
+  abort in a collective (SIGABRT); now both name the differing field."""
+  _, idx_dir = pretrained
+  port = _free_port()
+  procs = [subprocess.Popen(
+      _cli_command(tmp_path / 'run', idx_dir, '--config.num_train_steps=2',
+                   f'--config.batch_size={batch}', '--distributed',
+                   f'--coordinator_address=localhost:{port}',
+                   '--num_processes=2', f'--process_id={i}'),
+      cwd=ROOT, env=_cli_env(1), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i, batch in enumerate((16, 32))]
+  outs = [p.communicate(timeout=300) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 1, err[-3000:]
+    assert 'were given different configs: batch_size is' in err, err[-3000:]
+    assert 'Traceback' not in err and 'Compiling' not in err
+  assert not (tmp_path / 'run' / 'checkpoints').exists()
+
+
+def test_multi_host_flags_say_what_is_wrong(tmp_path, pretrained):
+  _, idx_dir = pretrained
+  base = _cli_command(tmp_path / 'run', idx_dir, '--config.num_train_steps=2')
+  # Without --distributed these were ignored: the process trained alone.
+  r = _run(base + ['--num_processes=2', '--process_id=1'], _cli_env(1))
+  assert r.returncode != 0
+  assert '--num_processes, --process_id need(s) --distributed' in r.stderr
+  # A partner that never comes: a message at the timeout, not an abort.
+  r = _run(base + ['--distributed', f'--coordinator_address=localhost:'
+                   f'{_free_port()}', '--num_processes=2', '--process_id=1',
+                   '--distributed_timeout_s=3'], _cli_env(1))
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert 'not every process joined the coordinator at localhost' in r.stderr
+  assert 'Joining the coordinator at localhost' in r.stderr
+  # No cluster to detect and nothing given.
+  r = _run(base + ['--distributed'], _cli_env(1))
+  assert r.returncode == 1, r.stderr[-2000:]
+  assert '--distributed found no cluster to join' in r.stderr
+  assert 'Traceback' not in r.stderr
+  assert not (tmp_path / 'run').exists()
