@@ -277,7 +277,8 @@ def test_protocols_write_results_and_never_touch_the_checkpoint(pretrained):
 def test_protocol_errors_before_any_compilation(pretrained, tmp_path):
   workdir, idx = pretrained
   c = _eval_config('linear_eval_fashion_mnist.py', idx)
-  c.dataset.num_channels = 3
+  c.dataset.num_channels = 3  # A self-consistent 3-channel dataset config.
+  c.dataset.mean, c.dataset.std = (0.5,) * 3, (0.25,) * 3
   with pytest.raises(config_lib.ConfigError, match='1-channel'):
     evaluate.run(c, 'linear', str(workdir))
   with pytest.raises(config_lib.ConfigError, match='needs --config'):
