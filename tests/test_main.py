@@ -347,13 +347,14 @@ _save, target = checkpointing.save, int(os.environ['FILL_AT_STEP'])
 def fill_then_save(manager, state, config):
   if int(state.step) == target:
     checkpointing.finish(manager)  # The earlier save is complete first.
-    with open(os.environ['FILLER'], 'wb') as f:
-      try:
-        while True:
-          f.write(b'\\0' * (1 << 16))
-          f.flush()
-      except OSError:
-        pass
+    fd = os.open(os.environ['FILLER'], os.O_WRONLY | os.O_CREAT)
+    try:  # Unbuffered: nothing is left to flush (and fail) on close.
+      while True:
+        os.write(fd, bytes(1 << 16))
+    except OSError:
+      pass
+    finally:
+      os.close(fd)
   _save(manager, state, config)
 checkpointing.save = fill_then_save
 sys.argv = sys.argv[1:]
