@@ -237,7 +237,7 @@ def main(argv):
 
 
 def run_cli():
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string('checkpoint', None, 'A pretraining workdir or step '
                       'directory, or an official BYOL .pkl file.')
   flags.DEFINE_string('out', None, 'Output .npz path.')

@@ -37,8 +37,6 @@ import pickle
 import re
 from typing import Any, BinaryIO, Mapping
 
-import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 

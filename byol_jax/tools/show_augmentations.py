@@ -14,7 +14,7 @@ spending a TPU-day.
 import os
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 import numpy as np
 import tensorflow as tf
