@@ -12,10 +12,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gc
 import hashlib
 import json
 import os
 import socket
+import threading
+import time
+import weakref
 from typing import Any, Iterator, Optional
 
 import jax
@@ -171,6 +175,47 @@ def save(manager: ocp.CheckpointManager, state, config) -> None:
     manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         config=ocp.args.JsonSave(config.to_dict())), force=True)
+  _PENDING[manager] = step
+
+
+# The step each manager was last asked to save, until `finish` sees it final.
+_PENDING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class CheckpointWriteError(console.UserError, OSError):
+  """A save ended without its step becoming a checkpoint."""
+
+
+def _mentions_full_disk(error: BaseException) -> bool:
+  """ENOSPC or tensorstore's RESOURCE_EXHAUSTED anywhere in the exception's
+  graph: orbax re-raises its writers' errors wrapped, chained or grouped."""
+  seen, todo = set(), [error]
+  while todo:
+    e = todo.pop()
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    text = f'{type(e).__name__}: {e}'
+    if (getattr(e, 'errno', None) == errno.ENOSPC
+        or 'RESOURCE_EXHAUSTED' in text or 'No space left' in text):
+      return True
+    todo += [e.__cause__, e.__context__, *getattr(e, 'exceptions', ())]
+  return False
+
+
+def _settle(manager) -> None:
+  """Lets orbax's background writers end (each logs its own failure) so
+  that the run's own message is the last thing it prints."""
+  with contextlib.suppress(Exception):
+    manager.wait_until_finished()
+  with contextlib.suppress(Exception):
+    manager.close()
+  deadline = time.monotonic() + 30
+  for thread in threading.enumerate():
+    if type(thread).__module__.startswith('orbax'):
+      with contextlib.suppress(Exception):  # orbax's join re-raises.
+        thread.join(max(0.0, deadline - time.monotonic()))
+  gc.collect()  # asyncio logs its failed tasks when they are collected.
 
 
 @contextlib.contextmanager
@@ -180,12 +225,12 @@ def _disk_full_is_a_message(manager, step: Optional[int]):
   try:
     yield
   except Exception as e:  # pylint: disable=broad-except
-    text = f'{type(e).__name__}: {e}'
-    if not (getattr(e, 'errno', None) == errno.ENOSPC
-            or 'RESOURCE_EXHAUSTED' in text or 'No space left' in text):
+    if not _mentions_full_disk(e):
       raise
+    step = _PENDING.pop(manager, step)
+    _settle(manager)
     which = f'of step {step} ' if step is not None else ''
-    kept = sorted(manager.all_steps())
+    kept = sorted(manager.all_steps(read=True))
     raise DiskFullError(
         f'The disk holding {manager.directory} is full: the checkpoint '
         f'{which}could not be written. The earlier checkpoints '
@@ -194,10 +239,18 @@ def _disk_full_is_a_message(manager, step: Optional[int]):
 
 
 def finish(manager: ocp.CheckpointManager) -> None:
-  """Waits for the pending save, then records a checksum of every final
-  step that has none (process 0; orbax itself has no content check)."""
+  """Waits for the pending save, checks that its step became final, then
+  records a checksum of every final step that has none (process 0; orbax
+  itself has no content check)."""
   with _disk_full_is_a_message(manager, None):
     manager.wait_until_finished()
+    step = _PENDING.pop(manager, None)
+    if step is not None and step not in manager.all_steps(read=True):
+      raise CheckpointWriteError(
+          f'The checkpoint of step {step} was not written to '
+          f'{manager.directory} (orbax reported no error). The earlier '
+          f'checkpoints ({", ".join(map(str, manager.all_steps())) or "none"})'
+          ' are intact; run the same command to resume from the latest.')
     if jax.process_index() == 0:
       _record_checksums(manager)
 

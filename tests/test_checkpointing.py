@@ -1,5 +1,10 @@
-"""Which config changes a saved checkpoint can and cannot be resumed with."""
+"""Which config changes a saved checkpoint can and cannot be resumed with,
+and what a save that did not complete says."""
 
+import shutil
+
+import flax
+import jax.numpy as jnp
 import pytest
 
 from byol_jax import checkpointing, config_lib
@@ -67,3 +72,28 @@ def test_a_workdir_the_run_could_not_finish_in_is_refused_up_front(tmp_path):
   with pytest.raises(checkpointing.WorkdirError,
                      match='metrics.jsonl should be a file'):
     checkpointing.check_workdir(str(run))
+
+
+def test_a_save_that_did_not_become_a_checkpoint_is_an_error(tmp_path):
+  """`finish` checks the step it waited for is final: a save orbax reports
+  no error for but that left no checkpoint (here its directory removed
+  before the wait) would otherwise be recorded as written."""
+  @flax.struct.dataclass
+  class State:
+    step: jnp.ndarray
+    w: jnp.ndarray
+
+  config = config_lib.base_config()
+  manager = checkpointing.make_manager(str(tmp_path))
+  checkpointing.save(manager, State(jnp.array(1), jnp.ones(3)), config)
+  checkpointing.finish(manager)
+  assert (tmp_path / 'checkpoint_checksums' / '1.json').exists()
+  checkpointing.save(manager, State(jnp.array(2), jnp.ones(3)), config)
+  manager.wait_until_finished()
+  shutil.rmtree(tmp_path / 'checkpoints' / '2')
+  manager.reload()
+  with pytest.raises(checkpointing.CheckpointWriteError,
+                     match=r'step 2 was not written.*checkpoints \(1\) are '
+                     'intact'):
+    checkpointing.finish(manager)
+  checkpointing.finish(manager)  # Said once; nothing pending any more.

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -353,7 +354,8 @@ def fill_then_save(manager, state, config):
         os.write(fd, bytes(1 << 16))
     except OSError:
       pass
-    finally:
+    finally:  # Space for LEAVE bytes: the save then fails part-way.
+      os.ftruncate(fd, max(0, os.fstat(fd).st_size - int(os.environ['LEAVE'])))
       os.close(fd)
   _save(manager, state, config)
 checkpointing.save = fill_then_save
@@ -362,11 +364,15 @@ main.run()
 '''
 
 
+@pytest.mark.parametrize('leave', [0, 4096])
 def test_a_full_disk_says_so_and_keeps_the_earlier_checkpoints(tmp_path,
-                                                               idx_dir):
-  """A real full disk (a small tmpfs, filled before the step-4 save): the
-  run ends with what happened and what is safe, not a RESOURCE_EXHAUSTED
-  traceback; with space again the same command resumes from step 2."""
+                                                               idx_dir,
+                                                               leave):
+  """A real full disk (a small tmpfs, filled before the step-4 save, with no
+  space left, or a page: then orbax's metadata is written and its array
+  writers fail in their threads): the run ends with what happened and what
+  is safe, not a RESOURCE_EXHAUSTED traceback; with space again the same
+  command resumes from step 2."""
   disk = tmp_path / 'disk'
   disk.mkdir()
   if subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=64m', 'tmpfs',
@@ -380,15 +386,16 @@ def test_a_full_disk_says_so_and_keeps_the_earlier_checkpoints(tmp_path,
     r = subprocess.run(
         [sys.executable, '-c', _FILL_DISK_BEFORE_SAVE, *cmd[2:]], cwd=ROOT,
         capture_output=True, text=True, timeout=600, env=dict(
-            _cli_env(), FILL_AT_STEP='4', FILLER=str(disk / 'filler')))
+            _cli_env(), FILL_AT_STEP='4', FILLER=str(disk / 'filler'),
+            LEAVE=str(leave)))
     assert r.returncode == 1, r.stderr[-3000:]
     # orbax's background threads log their own errors (with tracebacks of
-    # orbax's frames); the run itself ends with what happened and what is
-    # safe, and no traceback of byol_jax's frames.
-    ours = [l for l in r.stderr.splitlines()
-            if l.startswith('Error: The disk holding')]
+    # orbax's frames); the run waits for them to end, then ends with what
+    # happened and what is safe, and no traceback of byol_jax's frames.
+    # (Before, it could land inside a line a thread was still printing.)
+    ours = re.findall(r'^Error: The disk holding .*', r.stderr, re.M)
     assert ours, r.stderr[-3000:]
-    assert 'is full: the checkpoint' in ours[0]
+    assert 'is full: the checkpoint of step 4 could not be' in ours[0]
     assert 'The earlier checkpoints (2) are intact' in ours[0]
     assert 'byol_jax/train.py' not in r.stderr
     (disk / 'filler').unlink()
