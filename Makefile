@@ -8,15 +8,20 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 WORKDIR ?= runs/byol_fashion_mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-slow test-torch setup data clean lock bench-input bench-step bench-device-augment bench-levers bench-conv bench-jpeg-crop
+.PHONY: demo test test-fast test-slow test-torch setup data clean lock bench-input bench-step bench-device-augment bench-levers bench-conv bench-jpeg-crop
 
 demo: setup data
 	$(PY) -m byol_jax.main --config=configs/byol_fashion_mnist.py --workdir=$(WORKDIR)
 
+# Every test, the slow ones included (what CI runs).
 test: setup
 	$(PY) -m pytest -q tests
 
-test-slow: setup data
+# For iteration: all but the tests marked slow.
+test-fast: setup
+	$(PY) -m pytest -q -m 'not slow' tests
+
+test-slow: setup
 	$(PY) -m pytest -q -m slow tests
 
 setup: $(VENV)/.installed

@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from byol_jax import networks, optim, train_step
+from byol_jax import networks, optim, parallel, train_step
 
 _CONFIG = os.path.join(os.path.dirname(__file__), '..', 'configs',
                        'byol_fashion_mnist.py')
@@ -37,19 +37,19 @@ def _config():
 def images_per_second(batch: int, overrides: dict, steps: int = 15) -> float:
   c = _config()
   c.model.update(overrides)
-  net = networks.build_network(c.model, 10, bn_axis_name=train_step.AXIS)
+  net = networks.build_network(c.model, 10, bn_axis_name=parallel.AXIS)
   lr = optim.learning_rate_schedule(1.0, 1000, 10)
   opt = optim.with_probe_optimizer(
       optim.build_optimizer(c.optimizer, lr, 1.0), c.probe)
-  mesh = train_step.make_mesh(jax.devices()[:1])
-  state = train_step.replicate(train_step.init_state(
+  mesh = parallel.make_mesh(jax.devices()[:1])
+  state = parallel.replicate(train_step.init_state(
       jax.random.key(0), net, opt, (28, 28, 1), use_target=True), mesh)
   step = train_step.make_train_step(
       mesh, network=net, optimizer=opt, lr_schedule=lr,
       tau_schedule=optim.tau_schedule(0.99, 1000), loss_config=c.loss)
-  rng = train_step.replicate(jax.random.key(1), mesh)
+  rng = parallel.replicate(jax.random.key(1), mesh)
   x = np.random.RandomState(0).randn(batch, 28, 28, 1).astype(np.float32)
-  batch_arrays = train_step.shard_batch(
+  batch_arrays = parallel.shard_batch(
       {'view1': x, 'view2': x[::-1].copy(),
        'label': np.zeros(batch, np.int32)}, mesh)
   state, metrics = step(state, batch_arrays, rng)  # Compile.

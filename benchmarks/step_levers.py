@@ -36,18 +36,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
-from byol_jax import config_lib, networks, optim, train_step
+from byol_jax import config_lib, networks, optim, parallel, train_step
 
 
 def _setup(args, conv_impl='xla'):
   c = config_lib.base_config()
   c.model.update(dict(depth=18, width=args.width, stem='small',
                       conv_impl=conv_impl))
-  net = networks.build_network(c.model, 10, bn_axis_name=train_step.AXIS)
+  net = networks.build_network(c.model, 10, bn_axis_name=parallel.AXIS)
   lr = optim.learning_rate_schedule(0.2, 1000, 0)
   opt = optim.with_probe_optimizer(
       optim.build_optimizer(c.optimizer, lr, 0.2), c.probe)
-  mesh = train_step.make_mesh(jax.devices()[:1])
+  mesh = parallel.make_mesh(jax.devices()[:1])
   state = train_step.init_state(jax.random.key(0), net, opt,
                                 (args.size, args.size, 3), use_target=True)
   kwargs = dict(network=net, optimizer=opt, lr_schedule=lr,
@@ -55,10 +55,10 @@ def _setup(args, conv_impl='xla'):
                 loss_config=c.loss)
   x = np.random.RandomState(0).randn(args.batch, args.size, args.size,
                                      3).astype(np.float32)
-  batch = train_step.shard_batch(
+  batch = parallel.shard_batch(
       {'view1': x, 'view2': x[::-1].copy(),
        'label': np.zeros(args.batch, np.int32)}, mesh)
-  rng = train_step.replicate(jax.random.key(1), mesh)
+  rng = parallel.replicate(jax.random.key(1), mesh)
   return mesh, state, kwargs, batch, rng
 
 
@@ -77,12 +77,12 @@ def _time_step(step, state, batch, rng, steps, sync=False):
 def step_rate(args, lever=None):
   mesh, state, kwargs, batch, rng = _setup(
       args, 'matmul' if lever == 'conv_impl=matmul' else 'xla')
-  state = train_step.replicate(state, mesh)
+  state = parallel.replicate(state, mesh)
   if lever == 'no donation':
     step = jax.jit(jax.shard_map(
-        functools.partial(train_step.train_step, axis_name=train_step.AXIS,
+        functools.partial(train_step.train_step, axis_name=parallel.AXIS,
                           **kwargs),
-        mesh=mesh, in_specs=(P(), P(train_step.AXIS), P()),
+        mesh=mesh, in_specs=(P(), P(parallel.AXIS), P()),
         out_specs=(P(), P())))
   else:
     step = train_step.make_train_step(mesh, **kwargs)

@@ -51,7 +51,7 @@ def run_jax(case: str, method: str, steps: int,
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from byol_jax import config_lib, networks, optim, train_step  # pylint: disable=g-import-not-at-top
+  from byol_jax import config_lib, networks, optim, parallel, train_step  # pylint: disable=g-import-not-at-top
 
   depth, stem, size, batch = CASES[case]
   proj, pred, out = HEADS[(method, case)]
@@ -62,23 +62,23 @@ def run_jax(case: str, method: str, steps: int,
                       projector_hidden=proj, predictor_hidden=pred,
                       projection_dim=out, conv_impl=conv_impl))
   network = networks.build_network(c.model, 10,
-                                   bn_axis_name=train_step.AXIS)
+                                   bn_axis_name=parallel.AXIS)
   lr = optim.learning_rate_schedule(0.2, 1000, 0)
   optimizer = optim.with_probe_optimizer(
       optim.build_optimizer(c.optimizer, lr, 0.2), c.probe)
-  mesh = train_step.make_mesh(jax.local_devices()[:1])
-  state = train_step.replicate(train_step.init_state(
+  mesh = parallel.make_mesh(jax.local_devices()[:1])
+  state = parallel.replicate(train_step.init_state(
       jax.random.key(0), network, optimizer, (size, size, 3),
       use_target=c.target.use), mesh)
   step = train_step.make_train_step(
       mesh, network=network, optimizer=optimizer, lr_schedule=lr,
       tau_schedule=optim.tau_schedule(0.99, 1000), loss_config=c.loss)
   rng = np.random.RandomState(0)
-  batch_ = train_step.shard_batch({
+  batch_ = parallel.shard_batch({
       'view1': rng.randn(batch, size, size, 3).astype(np.float32),
       'view2': rng.randn(batch, size, size, 3).astype(np.float32),
       'label': rng.randint(0, 10, batch).astype(np.int32)}, mesh)
-  key = train_step.replicate(jax.random.key(1), mesh)
+  key = parallel.replicate(jax.random.key(1), mesh)
 
   t0 = time.perf_counter()
   compiled = step.lower(state, batch_, key).compile()

@@ -16,6 +16,7 @@ import gc
 import hashlib
 import json
 import os
+import shutil
 import socket
 import threading
 import time
@@ -28,7 +29,7 @@ import orbax.checkpoint as ocp
 import tensorflow as tf
 from etils import epath
 
-from byol_jax import console
+from byol_jax import config_lib, console
 
 # Config fields that define the shapes of the saved pytree.
 _SHAPE_FIELDS = ('model', 'dataset.num_classes', 'dataset.num_channels',
@@ -37,14 +38,6 @@ _SHAPE_FIELDS = ('model', 'dataset.num_classes', 'dataset.num_channels',
                  'optimizer.predictor_lr_multiplier', 'optimizer.lars_order')
 # Model fields that change how, not what, is computed: free to differ.
 _NOT_SHAPE = ('model.conv_impl',)
-# What a checkpoint written before a field existed implicitly used, given
-# the saved config: LARS runs then used optax.lars (the LR before the
-# momentum trace: another optimizer-state layout and other updates).
-_SHAPE_DEFAULTS = {
-    'optimizer.predictor_lr_multiplier': lambda saved: 1.0,
-    'optimizer.lars_order': lambda saved: (
-        'optax' if saved.optimizer.name == 'lars' else None),
-}
 # What to do about a difference, where there is more to say.
 _HINTS = {
     'optimizer.lars_order': (
@@ -119,7 +112,24 @@ def workdir_lock(workdir: str) -> Iterator[None]:
   if '://' in workdir:
     yield
     return
+  created = not os.path.exists(workdir)
   os.makedirs(workdir, exist_ok=True)
+  try:
+    with _lock(workdir):
+      yield
+  except BaseException:
+    # A run that failed before writing anything leaves no empty workdir.
+    if created and set(os.listdir(workdir)) <= {'.lock', LOG_FILE}:
+      shutil.rmtree(workdir, ignore_errors=True)
+    raise
+
+
+# The run's log, beside its checkpoints (process 0; appended on resume).
+LOG_FILE = 'log.txt'
+
+
+@contextlib.contextmanager
+def _lock(workdir: str) -> Iterator[None]:
   path = os.path.join(workdir, '.lock')
   with open(path, 'a+') as f:
     try:
@@ -328,18 +338,11 @@ def load_config(manager: ocp.CheckpointManager,
 
 def check_compatible(saved_config: dict, config, directory: str) -> None:
   """Raises if the saved checkpoint cannot hold this config's state."""
-  saved = ml_collections.ConfigDict(saved_config)
+  saved, config = config_lib.upgrade(saved_config), config_lib.upgrade(config)
   diffs = []
   hints = []
   for field in _SHAPE_FIELDS:
-    try:
-      old = _get(saved, field)
-    except (KeyError, AttributeError):
-      old = _SHAPE_DEFAULTS.get(field, lambda saved: None)(saved)
-    try:
-      new = _get(config, field)
-    except (KeyError, AttributeError):  # e.g. lars_order of an SGD config.
-      new = None
+    old, new = _get(saved, field), _get(config, field)
     if field in _HINTS and _norm(old) != _norm(new):
       hints.append(_HINTS[field])
     if isinstance(old, dict) and isinstance(new, dict):

@@ -8,7 +8,7 @@
   in train mode with statistics over the global batch.
 
 Both use the pretraining step's pmap semantics: `shard_map` under `jit` over
-the named device axis `train_step.AXIS`, gradients pmean'd, BatchNorm
+the named device axis `parallel.AXIS`, gradients pmean'd, BatchNorm
 cross-replica. The optimizer is SGD with Nesterov momentum and a cosine LR
 (BYOL's protocol; weight decay optional, 0 in the paper).
 """
@@ -26,7 +26,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from byol_jax import networks, optim
-from byol_jax.train_step import AXIS
+from byol_jax.parallel import AXIS
 
 
 @flax.struct.dataclass

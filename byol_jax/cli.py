@@ -26,14 +26,6 @@ _TIMEOUT = flags.DEFINE_integer(
     'coordinator and every other process before giving up.')
 
 
-class _QuietLibraries:
-  """Drops INFO chatter of orbax and XLA's backend probing from the log."""
-
-  def filter(self, record):
-    noisy = '/orbax/' in record.pathname or 'xla_bridge' in record.pathname
-    return record.levelno >= 30 or not noisy
-
-
 def _give_up(message: str) -> None:
   sys.stderr.write(f'Error: {message}\n')
   sys.stderr.flush()
@@ -43,7 +35,7 @@ def _give_up(message: str) -> None:
 def setup() -> None:
   """Quiets library logs; joins the multi-host cluster if --distributed."""
   import jax  # pylint: disable=g-import-not-at-top
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.get_absl_handler().addFilter(console.QuietLibraries())
   if not _DISTRIBUTED.value:
     given = [f'--{f.name}' for f in (_COORDINATOR, _NUM_PROCESSES,
                                      _PROCESS_ID) if f.value is not None]

@@ -76,6 +76,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.checkpoint_every_steps = 5000
   c.keep_checkpoints = 3
+  # > 0: a jax.profiler trace of this many steps (after 2 warm-up steps) in
+  # WORKDIR/profile, for TensorBoard's Profile tab or Perfetto.
+  c.profile_steps = 0
   c.eval = ml_collections.ConfigDict(dict(
       knn_every_epochs=0,  # 0: only at the end of training.
       knn_every_steps=0,  # > 0: overrides knn_every_epochs (short runs).
@@ -116,6 +119,7 @@ def eval_base_config() -> ml_collections.ConfigDict:
       train=True, crop_area=(0.08, 1.0), crop_aspect=(3 / 4, 4 / 3)))
   c.batch_size = 1024
   c.num_epochs = 80.0
+  c.num_train_steps = -1  # -1: from num_epochs; > 0 overrides it.
   c.optimizer = ml_collections.ConfigDict(dict(
       base_lr=0.2, lr_scaling='none', momentum=0.9, nesterov=True,
       weight_decay=0.0))
@@ -123,9 +127,47 @@ def eval_base_config() -> ml_collections.ConfigDict:
   # `seed`, or the file names listed in `file` (SimCLR's ImageNet subsets).
   c.subset = ml_collections.ConfigDict(dict(fraction=1.0, file='', seed=0))
   c.log_every_steps = 100
+  # The classifier's own checkpoints, in WORKDIR/eval/<name>/checkpoints
+  # (the pretraining checkpoint is only read): a rerun resumes from them.
+  c.checkpoint_every_steps = 1000
+  c.keep_checkpoints = 2
   c.eval = base_config().eval
   c.eval.batch_size = 1000
   return c
+
+
+# What a config saved before a field existed implicitly used, where that
+# is not today's default: LARS runs then used optax.lars (the LR before the
+# momentum trace: another optimizer-state layout and other updates).
+_IMPLIED_BEFORE = {
+    'optimizer.lars_order': lambda saved: (
+        'optax' if saved.optimizer.get('name') == 'lars' else 'official'),
+}
+
+
+def upgrade(saved) -> ml_collections.ConfigDict:
+  """A config read back (from a checkpoint, an export or a result) with
+  every field today's defaults have: a field the saving version did not
+  have gets what that version did (`_IMPLIED_BEFORE`), else the default.
+  Pretraining and evaluation configs (which have `subset`) alike; after
+  it, plain attribute access."""
+  saved = ml_collections.ConfigDict(
+      saved.to_dict() if isinstance(saved, ml_collections.ConfigDict)
+      else saved)
+  defaults = eval_base_config() if 'subset' in saved else base_config()
+
+  def fill(node, default, prefix):
+    for key, value in default.items():
+      path = prefix + key
+      if key not in node:
+        with node.unlocked():
+          node[key] = (_IMPLIED_BEFORE[path](saved) if path in _IMPLIED_BEFORE
+                       else value)
+      elif (isinstance(value, ml_collections.ConfigDict)
+            and isinstance(node[key], ml_collections.ConfigDict)):
+        fill(node[key], value, path + '.')
+  fill(saved, defaults, '')
+  return saved
 
 
 def validate_eval(config, mode: str, num_devices: int,
@@ -154,6 +196,12 @@ def validate_eval(config, mode: str, num_devices: int,
     check(0 < config.subset.fraction <= 1,
           f'subset.fraction={config.subset.fraction} must be in (0, 1].')
     check(config.log_every_steps > 0, 'log_every_steps must be > 0.')
+    check(config.num_train_steps == -1 or config.num_train_steps > 0,
+          f'num_train_steps={config.num_train_steps}: use -1 (from '
+          'num_epochs) or a number of steps > 0.')
+    check(config.checkpoint_every_steps >= 0,
+          'checkpoint_every_steps must be >= 0 (0: only at the end).')
+    check(config.keep_checkpoints >= 1, 'keep_checkpoints must be >= 1.')
     _check_batch_sizes(check, config, num_devices, num_processes)
   else:  # kNN reads only the eval settings.
     size = config.eval.batch_size
@@ -362,6 +410,8 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
         and config.checkpoint_every_steps >= 0,
         f'checkpoint_every_steps={config.checkpoint_every_steps} must be >= 0 '
         '(0: only the final checkpoint).')
+  check(isinstance(config.profile_steps, int) and config.profile_steps >= 0,
+        f'profile_steps={config.profile_steps} must be >= 0 (0: no profile).')
   check(config.num_train_steps > 0 or config.num_epochs > 0,
         'set num_epochs > 0 or num_train_steps > 0.')
   check(config.optimizer.warmup_epochs >= 0,

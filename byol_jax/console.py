@@ -1,9 +1,12 @@
 """Console-script entry points (`byol-jax-train`, ...; pyproject.toml), and
-how the command line reports a mistake: the message alone, no traceback."""
+what a user sees: a mistake as its message alone (no traceback), progress
+lines when called from Python, and the run's own log file."""
 
+import contextlib
+import logging as std_logging
 import sys
 import types
-from typing import Callable
+from typing import Callable, Iterator
 
 from absl import app, flags, logging
 
@@ -47,3 +50,43 @@ def run(main: Callable, module: types.ModuleType) -> None:
       logging.debug('Traceback of the error below:', exc_info=True)
       sys.exit(f'Error: {e}')
   app.run(guarded, flags_parser=_parse_flags)
+
+
+def show_progress() -> None:
+  """Called from Python (not under absl's app.run), absl logs only warnings:
+  a script calling train_and_evaluate would see nothing for minutes. INFO
+  there; under app.run, --verbosity stays the user's."""
+  if not flags.FLAGS.is_parsed() and logging.get_verbosity() < logging.INFO:
+    logging.set_verbosity(logging.INFO)
+
+
+class QuietLibraries:
+  """Drops INFO chatter of orbax and XLA's backend probing from the log."""
+
+  def filter(self, record):
+    noisy = '/orbax/' in record.pathname or 'xla_bridge' in record.pathname
+    return record.levelno >= 30 or not noisy
+
+
+@contextlib.contextmanager
+def log_file(path: str) -> Iterator[None]:
+  """Copies the log (absl's format) to `path`, appending, so a finished or
+  failed run keeps its own log; an error that ends the run goes there with
+  its full traceback (the terminal gets the message only)."""
+  handler = std_logging.FileHandler(path, mode='a', delay=True)
+  handler.setFormatter(logging.PythonFormatter())
+  handler.addFilter(QuietLibraries())
+  root = std_logging.getLogger()
+  root.addHandler(handler)
+  try:
+    yield
+  except BaseException as e:
+    if not (isinstance(e, SystemExit) and e.code in (0, None)):
+      handler.handle(std_logging.makeLogRecord(dict(
+          name='absl', levelno=std_logging.ERROR, levelname='ERROR',
+          msg='The run ended with %s:', args=(type(e).__name__,),
+          exc_info=sys.exc_info(), pathname=__file__, lineno=0)))
+    raise
+  finally:
+    root.removeHandler(handler)
+    handler.close()

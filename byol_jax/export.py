@@ -64,21 +64,6 @@ def _unflatten(items):
   return out
 
 
-def read_source(path: str) -> tuple[ml_collections.ConfigDict, dict, int]:
-  """(model config, encoder variables {'params', 'batch_stats'}, step) of a
-  pretraining checkpoint (workdir / step dir) or an official BYOL pickle."""
-  if path.endswith('.pkl'):
-    from byol_jax import official_weights  # pylint: disable=g-import-not-at-top
-    model, variables, step = official_weights.load(path)
-  else:
-    from byol_jax import checkpointing  # pylint: disable=g-import-not-at-top
-    saved, variables, step = checkpointing.load_pretrained(path)
-    model = ml_collections.ConfigDict(saved['model'])
-  encoder = {k: jax.device_get(variables[k]['encoder'])
-             for k in ('params', 'batch_stats')}
-  return model, encoder, step
-
-
 def torchvision_state_dict(model, variables) -> dict[str, np.ndarray]:
   """Our encoder variables under torchvision ResNet names and layouts."""
   kind, stages = networks.RESNET_LAYOUTS[model.depth]
@@ -127,7 +112,10 @@ def export(source: str, out: str, layout: str = 'flax',
   if os.path.exists(out) and not overwrite:
     raise FileExistsError(f'{out} exists; choose another --out (or pass '
                           '--overwrite).')
-  model, variables, step = read_source(source)
+  from byol_jax import pretrained  # pylint: disable=g-import-not-at-top
+  source_net = pretrained.load(source)
+  model, step = source_net.model, source_net.step
+  variables = jax.device_get(source_net.encoder_variables)
   if layout == 'flax':
     arrays = {'/'.join(path): v for path, v in _flatten(variables)}
   else:

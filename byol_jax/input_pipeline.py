@@ -91,7 +91,7 @@ def _missing_fashion_mnist_message(directory):
 
 def uses_idx(dataset_config) -> bool:
   """Whether `dataset_config` reads the offline Fashion-MNIST idx files."""
-  source = dataset_config.get('source', 'auto')
+  source = dataset_config.source
   if source not in ('auto', 'idx', 'tfds'):
     raise ValueError(f"dataset.source must be 'auto', 'idx' or 'tfds', got "
                      f'{source!r}.')
@@ -178,11 +178,10 @@ def load_source(dataset_config, split: str):
     return load_fashion_mnist_idx(dataset_config.idx_dir, split)
   name = dataset_config.name
   try:
-    builder = tfds.builder(name, data_dir=dataset_config.get('data_dir')
-                           or None)
-    if dataset_config.get('download', False):
+    builder = tfds.builder(name, data_dir=dataset_config.data_dir or None)
+    if dataset_config.download:
       builder.download_and_prepare()
-    if not dataset_config.get('in_memory', True):
+    if not dataset_config.in_memory:
       return StreamSource(builder, split, _split_size(builder, split))
     chunks = list(tfds.as_numpy(builder.as_dataset(split=split).batch(8192)))
     data = {k: np.concatenate([c[k] for c in chunks])

@@ -151,28 +151,55 @@ def plot_curves(metrics_path: str, out_path: str) -> None:
 
 
 def _plot_curves(metrics_path: str, out_path: str) -> None:
+  run = os.path.basename(os.path.dirname(os.path.abspath(metrics_path))) \
+      if '://' not in metrics_path else metrics_path.rsplit('/', 2)[-2]
+  save_figure(curves_figure(read_metrics(metrics_path), run), out_path)
+
+
+def curves_figure(records, run: str):
+  """The 2 x 3 panels of training_curves.png, titled with the run's name."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  records = read_metrics(metrics_path)
-  panels = [('loss', ['loss']), ('learning rate', ['lr']), ('tau', ['tau']),
-            ('collapse: std of l2-normalised z',
+  records = _without_short_last_interval(records)
+  keys = sorted({k for r in records for k in r})
+  knn = [k for k in keys if k.startswith('eval/knn_top1')]
+  panels = [('loss', 'BYOL / SimSiam loss', ['loss']),
+            ('learning rate', 'learning rate', ['lr']),
+            ('tau', 'target EMA decay', ['tau']),
+            ('collapse: std of l2-normalised z', 'std',
              ['collapse/normalized_std', 'collapse/healthy_std']),
-            ('collapse: effective rank', ['collapse/effective_rank']),
-            ('accuracy', ['probe/train_top1', 'eval/knn_top1',
-                          'eval/probe_top1'])]
+            ('collapse: effective rank', 'rank', ['collapse/effective_rank']),
+            ('accuracy', 'top-1 accuracy',
+             ['probe/train_top1', *knn, 'eval/probe_top1'])]
   fig, axes = plt.subplots(2, 3, figsize=(13, 7))
-  for ax, (title, keys) in zip(axes.flat, panels):
-    for key in keys:
+  for ax, (title, ylabel, panel_keys) in zip(axes.flat, panels):
+    for key in panel_keys:
       pts = [(r['step'], r[key]) for r in records if key in r]
       if pts:
         s, v = np.array(pts).T
         ax.plot(s, v, marker='o' if len(pts) < 20 else None, label=key)
     ax.set_title(title)
     ax.set_xlabel('step')
-    if len(keys) > 1:
+    ax.set_ylabel(ylabel)
+    if ax.get_legend_handles_labels()[0] and len(panel_keys) > 1:
       ax.legend(fontsize=7)
-  save_figure(fig, out_path)
+  fig.suptitle(f'{run} (step {records[-1]["step"] if records else 0})')
+  return fig
+
+
+def _without_short_last_interval(records):
+  """Drops the last training record when its logging interval is under
+  half the usual one (e.g. 3 steps after 100-step intervals): its means
+  are of a few steps' noise, and would draw a dip that is not there."""
+  train = [i for i, r in enumerate(records) if 'loss' in r]
+  if len(train) < 3:
+    return records
+  steps = [records[i]['step'] for i in train]
+  gaps = np.diff(steps)
+  if gaps[-1] < 0.5 * np.median(gaps[:-1]):
+    return records[:train[-1]] + records[train[-1] + 1:]
+  return records
 
 
 def save_figure(fig, path: str) -> None:

@@ -6,48 +6,15 @@ Side effects live here only; the math is in losses, optim and train_step.
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 import jax
-import numpy as np
 from absl import logging
 
 from byol_jax import (checkpointing, config_lib, console, diagnostics,
-                      evaluate, input_pipeline, metric_writer, networks,
-                      optim, train_step)
-
-
-class NonFiniteLossError(console.UserError, FloatingPointError):
-  """The loss became NaN or Inf; the last good checkpoint is kept."""
-
-
-def _format_time(seconds: float) -> str:
-  if not np.isfinite(seconds):  # No rate yet (the first step after resume).
-    return '?'
-  seconds = int(seconds)
-  return f'{seconds // 3600}h{seconds % 3600 // 60:02d}m{seconds % 60:02d}s'
-
-
-class _StopRequest:
-  """Turns SIGTERM / SIGINT (preemption, Ctrl-C) into a checkpoint and exit."""
-
-  def __init__(self):
-    self.signal = None
-    self._old = {}
-
-  def __enter__(self):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      self._old[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.signal = signum
-
-  def __exit__(self, *exc):
-    for sig, old in self._old.items():
-      signal.signal(sig, old)
+                      input_pipeline, loop, metric_writer, networks, optim,
+                      parallel, train_step)
+from byol_jax.evaluation import monitor
 
 
 def train_and_evaluate(config, workdir: str) -> dict[str, float]:
@@ -57,12 +24,14 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   Refuses (checkpointing.WorkdirBusyError) while another run holds the
   workdir; process 0 holds the lock for all processes of a multi-host run.
   """
+  console.show_progress()
   config_lib.validate(config, jax.device_count(), jax.process_count())
   config_lib.check_same_across_processes(config)
   checkpointing.check_workdir(workdir)
   if jax.process_index() != 0:
     return _train_and_evaluate(config, workdir)
-  with checkpointing.workdir_lock(workdir):
+  with checkpointing.workdir_lock(workdir), console.log_file(
+      os.path.join(workdir, checkpointing.LOG_FILE)):
     return _train_and_evaluate(config, workdir)
 
 
@@ -86,11 +55,11 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
   tau_schedule = optim.tau_schedule(config.target.tau_base, num_steps,
                                     config.target.schedule)
   network = networks.build_network(config.model, d.num_classes,
-                                   bn_axis_name=train_step.AXIS)
+                                   bn_axis_name=parallel.AXIS)
   optimizer = optim.with_probe_optimizer(
       optim.build_optimizer(config.optimizer, lr_schedule, peak_lr),
       config.probe)
-  mesh = train_step.make_mesh()
+  mesh = parallel.make_mesh()
   image_shape = (d.image_size, d.image_size, d.num_channels)
 
   manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
@@ -99,7 +68,7 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
       use_target=config.target.use, target_init=config.target.init)
   # A host copy: the train step donates (deletes) the state's buffers.
   init_variables = jax.device_get(_online_variables(state))
-  state = train_step.replicate(state, mesh)
+  state = parallel.replicate(state, mesh)
   if manager.latest_step() is not None:
     checkpointing.check_compatible(checkpointing.load_config(manager), config,
                                    checkpointing.checkpoint_dir(workdir))
@@ -107,7 +76,8 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
     logging.info('Resumed from step %d in %s', int(state.step), workdir)
   start_step = int(jax.device_get(state.step))
 
-  evaluator = evaluate.KnnEvaluator(config, network, mesh, train_source, eval_source)
+  evaluator = monitor.KnnEvaluator(config, network, mesh, train_source,
+                                   eval_source)
   # Records past the restored step were of steps this run does again.
   writer = metric_writer.MetricWriter(workdir, resume_step=start_step)
   baselines = {}
@@ -134,88 +104,48 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
       mesh, network=network, optimizer=optimizer, lr_schedule=lr_schedule,
       tau_schedule=tau_schedule, loss_config=config.loss,
       device_views=device_views)
-  rng = train_step.replicate(jax.random.key(config.seed + 1), mesh)
-  # Fractional epochs (e.g. 0.5) are allowed; rounded to whole steps.
-  knn_every = config.eval.get('knn_every_steps', 0) or int(round(
-      config.eval.knn_every_epochs * steps_per_epoch))
-  probe_every = int(round(config.eval.get('probe_every_epochs', 0)
-                          * steps_per_epoch))
+  rng = parallel.replicate(jax.random.key(config.seed + 1), mesh)
+  e = config.eval
+  knn_every = loop.every(e.knn_every_steps, e.knn_every_epochs,
+                         steps_per_epoch)
+  probe_every = loop.every(0, e.probe_every_epochs, steps_per_epoch)
+
+  curves = os.path.join(workdir, 'training_curves.png')
+
+  def knn(state, step):
+    accs = evaluator(_online_variables(state))
+    logging.info('step %d eval: %s', step, _fmt(accs))
+    writer.write(step, accs)
+    if jax.process_index() == 0:  # The picture so far, at each kNN point.
+      metric_writer.plot_curves(writer.path, curves)
+
+  def probe(state, step):
+    accs = evaluator.probe(_online_variables(state))
+    logging.info('epoch %d online probe on the eval split: %s',
+                 step // steps_per_epoch, _fmt(accs))
+    return accs
 
   logging.info('Training %d steps (%d per epoch), global batch %d on %d '
-               'devices, from step %d.', num_steps, steps_per_epoch,
-               config.batch_size, jax.device_count(), start_step)
-  pending, timed_from = [], None
-  step = start_step
-  saved_step = manager.latest_step()
+               'devices, from step %d; compiling the train step first.',
+               num_steps, steps_per_epoch, config.batch_size,
+               jax.device_count(), start_step)
   # SIGTERM / SIGINT anywhere below, the final save and evaluation included,
   # end in a durable checkpoint and exit code 128 + signal.
-  with _StopRequest() as stop:
-    while step < num_steps:
-      batch = train_step.shard_batch(next(batches), mesh)
-      state, metrics = step_fn(state, batch, rng)
-      pending.append(metrics)
-      step += 1
-      if step == start_step + 1:  # Time from after the compile.
-        jax.block_until_ready(metrics)
-        timed_from = (time.time(), step)
-      last = step == num_steps
-      save_now = bool(config.checkpoint_every_steps) and (
-          step % config.checkpoint_every_steps == 0) and not last
-      # Checkpoint steps are logging steps too: the NaN check below runs
-      # before any state is written.
-      if (step % config.log_every_steps == 0 or last or save_now
-          or stop.signal):
-        summary = metric_writer.mean_metrics(pending)
-        pending = []
-        if not np.isfinite(summary['loss']):
-          good = manager.latest_step()
-          raise NonFiniteLossError(
-              f'Loss is {summary["loss"]} at step {step} (mean since the '
-              'previous log line); stopping. ' + (
-                  f'The last good checkpoint (step {good}) is untouched.'
-                  if good is not None else 'No checkpoint was written yet.'))
-        now = time.time()
-        rate = (step - timed_from[1]) / max(now - timed_from[0], 1e-9)
-        summary['images_per_second'] = rate * config.batch_size
-        eta = (num_steps - step) / rate if rate > 0 else float('nan')
-        writer.write(step, summary)
-        logging.info('step %d/%d | loss %.4f | probe %.3f | std %.4f '
-                     '(healthy %.4f) | %.0f img/s | ETA %s', step, num_steps,
-                     summary['loss'], summary['probe/train_top1'],
-                     summary['collapse/normalized_std'],
-                     summary['collapse/healthy_std'],
-                     summary['images_per_second'], _format_time(eta))
-        if (summary['collapse/normalized_std'] <
-            diagnostics.COLLAPSE_STD_FRACTION
-            * summary['collapse/healthy_std']):
-          logging.warning(
-              'COLLAPSE: the std of l2-normalised projections is %.2g, under '
-              '%.0f%% of its healthy value %.3g: representations are '
-              'collapsing to a constant.', summary['collapse/normalized_std'],
-              100 * diagnostics.COLLAPSE_STD_FRACTION,
-              summary['collapse/healthy_std'])
-      if save_now:
-        checkpointing.save(manager, state, config)
-        saved_step = step
-      if knn_every and step % knn_every == 0 and not last:
-        accs = evaluator(_online_variables(state))
-        writer.write(step, accs)
-        logging.info('step %d eval: %s', step, _fmt(accs))
-      elif probe_every and step % probe_every == 0 and not last:
-        accs = evaluator.probe(_online_variables(state))
-        writer.write(step, accs)
-        logging.info('epoch %d online probe on the eval split: %s',
-                     step // steps_per_epoch, _fmt(accs))
-      if stop.signal:
-        break
-    if saved_step != step:  # Once per step (a periodic save may have run).
-      checkpointing.save(manager, state, config)
-    checkpointing.finish(manager)
-    if stop.signal:
-      _stopped(stop.signal, step)
+  with loop.StopRequest() as stop:
+    state, step = loop.fit(
+        state, lambda s, b: step_fn(s, parallel.shard_batch(b, mesh), rng),
+        batches, num_steps=num_steps, stop=stop, writer=writer,
+        manager=manager, config=config, batch_size=config.batch_size,
+        steps_per_epoch=steps_per_epoch, log_every=config.log_every_steps,
+        checkpoint_every=config.checkpoint_every_steps,
+        periodic=[loop.Periodic(knn_every, knn, 'knn'),
+                  loop.Periodic(probe_every, probe, 'probe')],
+        describe=_describe, on_summary=_warn_on_collapse,
+        profile_dir=os.path.join(workdir, 'profile'),
+        profile_steps=config.profile_steps)
+    stop.raise_if_stopped(step)
     final = evaluator(_online_variables(state))
-    if stop.signal:  # During the evaluation: the rerun evaluates again.
-      _stopped(stop.signal, step)
+    stop.raise_if_stopped(step)  # During the evaluation: the rerun evaluates again.
     writer.write(step, final)
     writer.close()
     result = {**final, **baselines, 'step': step,
@@ -226,16 +156,26 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
         'config': config.to_dict()})
   # After the result: a plot never fails a finished run.
   if jax.process_index() == 0:
-    metric_writer.plot_curves(writer.path,
-                              os.path.join(workdir, 'training_curves.png'))
+    metric_writer.plot_curves(writer.path, curves)
   logging.info('Final: %s', _fmt(result))
   return result
 
 
-def _stopped(signum: int, step: int):
-  logging.warning('Stopped by signal %d at step %d; checkpoint saved. Run the '
-                  'same command to resume.', signum, step)
-  raise SystemExit(128 + signum)
+def _describe(summary) -> str:
+  return ('loss %.4f | probe %.3f | std %.4f (healthy %.4f)' % (
+      summary['loss'], summary['probe/train_top1'],
+      summary['collapse/normalized_std'], summary['collapse/healthy_std']))
+
+
+def _warn_on_collapse(step, summary) -> None:
+  if (summary['collapse/normalized_std'] <
+      diagnostics.COLLAPSE_STD_FRACTION * summary['collapse/healthy_std']):
+    logging.warning(
+        'COLLAPSE at step %d: the std of l2-normalised projections is %.2g, '
+        'under %.0f%% of its healthy value %.3g: representations are '
+        'collapsing to a constant.', step, summary['collapse/normalized_std'],
+        100 * diagnostics.COLLAPSE_STD_FRACTION,
+        summary['collapse/healthy_std'])
 
 
 def _online_variables(state):
@@ -264,5 +204,5 @@ def summary_table(result: dict[str, float]) -> str:
   if 'eval/probe_top1' in result:
     lines.append(f'  online linear probe top-1: {result["eval/probe_top1"]:.4f}')
   if 'wall_time_s' in result:
-    lines.append(f'  wall time: {_format_time(result["wall_time_s"])}')
+    lines.append(f'  wall time: {loop.format_time(result["wall_time_s"])}')
   return '\n'.join(lines)

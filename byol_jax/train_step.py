@@ -16,14 +16,11 @@ from typing import Any, Callable, Optional
 import flax
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, PartitionSpec as P
 
 from byol_jax import device_augment, diagnostics, losses, networks
-
-AXIS = 'batch'
-
+from byol_jax.parallel import AXIS
 
 @flax.struct.dataclass
 class TrainState:
@@ -38,12 +35,6 @@ class TrainState:
   target_params: Any
   target_batch_stats: Any
   opt_state: Any
-
-
-def make_mesh(devices=None) -> Mesh:
-  """1-D mesh over `devices` (default: all devices of all processes)."""
-  devices = jax.devices() if devices is None else devices
-  return Mesh(np.asarray(devices), (AXIS,))
 
 
 def init_state(rng: jax.Array, network: networks.SSLNetwork,
@@ -212,26 +203,3 @@ def make_train_step(mesh: Mesh, **step_kwargs) -> Callable:
   mapped = jax.shard_map(step, mesh=mesh, in_specs=(P(), P(AXIS), P()),
                          out_specs=(P(), P()))
   return jax.jit(mapped, donate_argnums=(0,))
-
-
-def replicate(tree, mesh: Mesh):
-  """Places a host pytree on every device of `mesh` (replicated); with
-  several processes, each passes the same values for its own devices."""
-  sharding = NamedSharding(mesh, P())
-  if jax.process_count() == 1:
-    return jax.device_put(tree, sharding)
-
-  def put(x):
-    if jax.dtypes.issubdtype(getattr(x, 'dtype', None), jax.dtypes.prng_key):
-      return jax.random.wrap_key_data(put(jax.random.key_data(x)),
-                                      impl=jax.random.key_impl(x))
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda i: x[i])
-  return jax.tree.map(put, tree)
-
-
-def shard_batch(batch, mesh: Mesh):
-  """Assembles global arrays from this process's slice of the global batch."""
-  sharding = NamedSharding(mesh, P(AXIS))
-  return jax.tree.map(
-      lambda x: jax.make_array_from_process_local_data(sharding, x), batch)

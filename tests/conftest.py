@@ -44,13 +44,12 @@ def devices():
 def pretrained(tmp_path_factory):
   """(workdir, idx_dir) of a 4-step pretraining run of a tiny ResNet-18 on
   fake Fashion-MNIST (64 train, 21 test images: not a multiple of the eval
-  batch), from the command line with test_main's flags (so it shares their
+  batch), from the command line with the CLI tests' flags (so it shares their
   compilations)."""
-  import test_main  # pylint: disable=g-import-not-at-top
-  from test_input_pipeline import write_fake_fashion_mnist  # pylint: disable=g-import-not-at-top
+  from helpers import cli, write_fake_fashion_mnist  # pylint: disable=g-import-not-at-top
   idx = tmp_path_factory.mktemp('fmnist')
   write_fake_fashion_mnist(idx, n_train=64, n_test=21)
   workdir = tmp_path_factory.mktemp('pretrain') / 'run'
-  r = test_main._cli(workdir, idx, '--config.num_train_steps=4')
+  r = cli(workdir, idx, '--config.num_train_steps=4')
   assert r.returncode == 0, r.stderr[-3000:]
   return workdir, idx

@@ -8,7 +8,7 @@ import pytest
 
 from byol_jax import config_lib
 from byol_jax.tools import ablate
-from test_input_pipeline import write_fake_fashion_mnist
+from helpers import write_fake_fashion_mnist
 
 
 def test_collapse_suite_variants_differ_only_in_their_factor():

@@ -281,3 +281,25 @@ def test_run_length_is_the_official_formula():
   assert config_lib.total_steps(c, 6_400) == 1856 // 64 == 29
   # The log's epoch boundaries stay whole batches.
   assert config_lib.steps_per_epoch(c, 60_000) == 937
+
+
+def test_upgrade_fills_what_older_saved_configs_lack():
+  """A config saved before fields existed reads back with today's fields:
+  what that version used where it differs from today's default (LARS's
+  update order), else the default; present fields are kept."""
+  old = config_lib.base_config().to_dict()
+  del old['optimizer']['lars_order'], old['model']['conv_impl']
+  del old['eval']['probe_every_epochs']
+  old['model']['width'] = 2.0
+  up = config_lib.upgrade(old)
+  assert up.optimizer.lars_order == 'optax'  # Not today's 'official'.
+  assert up.model.conv_impl == config_lib.base_config().model.conv_impl
+  assert up.eval.probe_every_epochs == 1 and up.model.width == 2.0
+  sgd = config_lib.simsiam_overrides(config_lib.base_config()).to_dict()
+  sgd['optimizer'].pop('lars_order', None)
+  assert config_lib.upgrade(sgd).optimizer.lars_order == 'official'
+  assert config_lib.upgrade(config_lib.base_config()).to_dict() == (
+      config_lib.base_config().to_dict())
+  ev = config_lib.eval_base_config().to_dict()
+  del ev['checkpoint_every_steps']
+  assert config_lib.upgrade(ev).checkpoint_every_steps == 1000

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import byol_jax
-from byol_jax import export, networks, official_weights
+from byol_jax import export, networks, official_weights, pretrained
 import dill
 from official_layout import official_layout, write_official_checkpoint
 
@@ -26,10 +26,11 @@ def official_file(tmp_path_factory):
 
 
 def _our_features(source, x):
-  model, variables, _ = export.read_source(source)
+  net = pretrained.load(source)
+  model = net.model
   encoder = networks.ResNet(depth=model.depth, width=model.width,
                             stem=model.stem)
-  return np.asarray(encoder.apply(variables, x, train=False))
+  return np.asarray(encoder.apply(net.encoder_variables, x, train=False))
 
 
 def test_flax_export_round_trips_through_load_encoder(official_file,

@@ -1,7 +1,5 @@
 """Sources, the two-view training stream and the padded eval batches."""
 
-import gzip
-import struct
 
 import ml_collections
 import numpy as np
@@ -9,26 +7,9 @@ import pytest
 import tensorflow_datasets as tfds
 
 from byol_jax import augment, input_pipeline as ip
+from helpers import write_fake_fashion_mnist, write_idx
 
 V1, V2 = augment.preset('byol_small')
-
-
-def _write_idx(path, array, compress):
-  header = struct.pack('>HBB', 0, 0x08, array.ndim) + struct.pack(
-      f'>{array.ndim}I', *array.shape)
-  opener = gzip.open if compress else open
-  with opener(path, 'wb') as f:
-    f.write(header + array.astype(np.uint8).tobytes())
-
-
-def write_fake_fashion_mnist(directory, n_train=64, n_test=21, seed=0):
-  """Fashion-MNIST-format idx files (the Debian package's names)."""
-  rng = np.random.RandomState(seed)
-  for split, n in (('train', n_train), ('t10k', n_test)):
-    _write_idx(directory / f'{split}-images-idx3-ubyte.gz',
-               rng.randint(0, 256, (n, 28, 28)), compress=True)
-    _write_idx(directory / f'{split}-labels-idx1-ubyte.gz',
-               np.arange(n) % 10, compress=True)
 
 
 def fmnist_config(idx_dir, source='auto'):
@@ -39,8 +20,8 @@ def fmnist_config(idx_dir, source='auto'):
 
 def test_read_idx_plain_and_gzipped(tmp_path):
   a = np.random.RandomState(1).randint(0, 256, (3, 4, 5))
-  _write_idx(tmp_path / 'a', a, compress=False)
-  _write_idx(tmp_path / 'b.gz', a, compress=True)
+  write_idx(tmp_path / 'a', a, compress=False)
+  write_idx(tmp_path / 'b.gz', a, compress=True)
   np.testing.assert_array_equal(ip.read_idx(str(tmp_path / 'a')), a)
   np.testing.assert_array_equal(ip.read_idx(str(tmp_path / 'b.gz')), a)
 
@@ -71,7 +52,7 @@ def test_missing_tfds_dataset_is_a_clear_error(tmp_path):
 def test_tfds_source_under_mock_data():
   cfg = ml_collections.ConfigDict(dict(name='cifar10', source='auto',
                                        data_dir='', download=False,
-                                       idx_dir='/nonexistent'))
+                                       idx_dir='/nonexistent', in_memory=True))
   with tfds.testing.mock_data(num_examples=40):
     src = ip.load_source(cfg, 'train')
   assert src.images.shape == (40, 32, 32, 3) and src.labels.shape == (40,)

@@ -11,33 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from test_input_pipeline import write_fake_fashion_mnist
-
-ROOT = os.path.join(os.path.dirname(__file__), '..')
-TINY = ['--config.model.width=0.0625', '--config.model.projector_hidden=(16,)',
-        '--config.model.predictor_hidden=(16,)',
-        '--config.model.projection_dim=8', '--config.batch_size=16',
-        '--config.eval.batch_size=16', '--config.log_every_steps=2',
-        '--config.optimizer.warmup_epochs=0', '--config.eval.knn_k=20',
-        '--config.eval.knn_k_small=5']
-
-
-def _cli_command(workdir, idx_dir, *extra):
-  return [sys.executable, '-m', 'byol_jax.main',
-          '--config=configs/byol_fashion_mnist.py', f'--workdir={workdir}',
-          f'--config.dataset.idx_dir={idx_dir}', *TINY, *extra]
-
-
-def _cli_env(devices=2):
-  return dict(os.environ, JAX_PLATFORMS='cpu',
-              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-
-
-def _cli(workdir, idx_dir, *extra):
-  return subprocess.run(_cli_command(workdir, idx_dir, *extra), cwd=ROOT,
-                        capture_output=True, text=True, env=_cli_env(),
-                        timeout=600)
-
+from helpers import (ROOT, cli as _cli, cli_command as _cli_command,
+                     cli_env as _cli_env, saved_state as _saved_state,
+                     write_fake_fashion_mnist)
 
 @pytest.fixture(scope='module')
 def idx_dir(tmp_path_factory):
@@ -61,6 +37,10 @@ def test_cli_trains_writes_everything_and_resumes(tmp_path, idx_dir):
   for key in ('lr', 'tau', 'collapse/normalized_std',
               'collapse/effective_rank', 'images_per_second'):
     assert key in logged[0]
+  assert [r['epoch'] for r in logged] == [0.5, 1.0]  # 4 steps an epoch.
+  # The run keeps its own log, in absl's format.
+  log = (workdir / 'log.txt').read_text()
+  assert 'train.py' in log and 'step 4/4 | loss' in log and 'Final:' in log
   result = json.load(open(workdir / 'results/knn_step4.json'))
   assert result['checkpoint_step'] == 4
   assert 0.0 <= result['metrics']['eval/knn_top1_k20'] <= 1.0
@@ -140,23 +120,6 @@ checkpointing.save = save_then_die
 sys.argv = sys.argv[1:]
 main.run()
 '''
-
-
-def _saved_state(workdir, step):
-  """The saved TrainState as arrays on this process's first device, whatever
-  the device topology of the run that saved it."""
-  import orbax.checkpoint as ocp
-  manager = ocp.CheckpointManager(
-      workdir / 'checkpoints', item_names=('state', 'config'),
-      item_handlers={'state': ocp.StandardCheckpointHandler(),
-                     'config': ocp.JsonCheckpointHandler()})
-  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  abstract = jax.tree.map(
-      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-      manager.item_metadata(step)['state'],
-      is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
-  return manager.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(abstract)))['state']
 
 
 def test_sigkill_and_resume_reaches_the_uninterrupted_state(tmp_path,
@@ -329,6 +292,12 @@ def test_mistakes_end_with_a_message_not_a_traceback(tmp_path, idx_dir):
     assert r.returncode != 0 and message in r.stderr, r.stderr[-2000:]
     assert 'Traceback' not in r.stderr, r.stderr[-2000:]
     assert not (tmp_path / 'run').exists()
+  # Found missing once the run started (the data): the message, and no
+  # workdir left behind holding only a lock and a log.
+  r = _cli(tmp_path / 'run', tmp_path / 'no_such_idx_dir')
+  assert r.returncode == 1 and 'Traceback' not in r.stderr, r.stderr[-2000:]
+  assert 'Error: ' in r.stderr and 'no_such_idx_dir' in r.stderr
+  assert not (tmp_path / 'run').exists()
   r = subprocess.run(_cli_command('', idx_dir), cwd=ROOT, capture_output=True,
                      text=True, env=_cli_env(), timeout=600)
   assert r.returncode != 0 and '--workdir is empty' in r.stderr

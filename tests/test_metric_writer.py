@@ -46,3 +46,26 @@ def test_a_resumed_writer_drops_the_records_past_its_step(tmp_path):
   # A fresh run (no checkpoint): nothing of an earlier attempt is kept.
   metric_writer.MetricWriter(str(tmp_path), resume_step=0).close()
   assert metric_writer.read_metrics(str(path)) == []
+
+
+def test_the_curves_show_knn_with_labels_and_no_fake_final_dip():
+  """The kNN keys are eval/knn_top1_k<k> (the plot once looked for
+  eval/knn_top1 and drew none); a 1-step final interval after 100-step
+  ones is left out of the training curves (its probe mean is noise)."""
+  records = [{'step': s, 'loss': 1.0 / s, 'probe/train_top1': 0.7}
+             for s in (100, 200, 300)]
+  records += [{'step': 300, 'eval/knn_top1_k200': 0.80,
+               'eval/knn_top1_k20': 0.82, 'eval/probe_top1': 0.75},
+              {'step': 301, 'loss': 0.1, 'probe/train_top1': 0.1},
+              {'step': 301, 'eval/knn_top1_k200': 0.81,
+               'eval/knn_top1_k20': 0.83, 'eval/probe_top1': 0.76}]
+  fig = metric_writer.curves_figure(records, 'byol_fashion_mnist')
+  acc = fig.axes[5]
+  lines = {l.get_label(): l for l in acc.get_lines()}
+  assert set(lines) == {'probe/train_top1', 'eval/knn_top1_k20',
+                        'eval/knn_top1_k200', 'eval/probe_top1'}
+  assert list(lines['eval/knn_top1_k200'].get_ydata()) == [0.80, 0.81]
+  assert list(lines['probe/train_top1'].get_xdata()) == [100, 200, 300]
+  assert acc.get_ylabel() == 'top-1 accuracy'
+  assert all(ax.get_ylabel() for ax in fig.axes)
+  assert fig._suptitle.get_text() == 'byol_fashion_mnist (step 301)'

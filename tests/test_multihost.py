@@ -11,8 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from test_input_pipeline import write_fake_fashion_mnist
-from test_main import ROOT, _cli_command, _cli_env, _saved_state
+from helpers import write_fake_fashion_mnist
+from helpers import (ROOT, cli_command as _cli_command, cli_env as _cli_env,
+                     saved_state as _saved_state)
 
 
 def _free_port() -> int:

@@ -320,14 +320,15 @@ def test_evaluate_reads_an_official_file(official_file, tmp_path):
   the file; evaluating it on 1-channel images is refused with a message
   before anything is compiled or written."""
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from byol_jax import config_lib, evaluate  # pylint: disable=g-import-not-at-top
+  from byol_jax import config_lib  # pylint: disable=g-import-not-at-top
+  from byol_jax.evaluation import protocols  # pylint: disable=g-import-not-at-top
   path, _, _ = official_file
   c = config_lib.eval_base_config()
   config_lib.use_dataset(c, 'fashion_mnist')
   c.batch_size, c.eval.batch_size = 8, 8
   with pytest.raises(config_lib.ConfigError,
                      match='pretrained on 3-channel images'):
-    evaluate.run(ml_collections.ConfigDict(c), 'linear', str(path))
+    protocols.run(ml_collections.ConfigDict(c), 'linear', str(path))
   assert not (path.parent / 'results').exists()
 
 

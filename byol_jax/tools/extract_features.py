@@ -21,8 +21,9 @@ import numpy as np
 from absl import app, flags
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from byol_jax import (cli, config_lib, console, evaluate, export,
-                      input_pipeline, networks, train_step)
+from byol_jax import (cli, config_lib, console, input_pipeline, networks,
+                      parallel, pretrained)
+from byol_jax.evaluation import features
 
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None, 'Pretraining workdir or step directory, or an '
@@ -58,10 +59,11 @@ def dataset_config(name: str, data_dir: str = '', idx_dir: str = ''):
 def extract_features(checkpoint: str, dataset, split: str,
                      batch_size: int) -> tuple[np.ndarray, np.ndarray]:
   """(features (N, F) float32, labels (N,)) of every example of `split`."""
-  model, variables, _ = export.read_source(checkpoint)
-  mesh = train_step.make_mesh()
-  encoder = networks.build_encoder(model, compute_dtype='float32')
-  embed = evaluate.make_embed_fn(encoder, mesh)
+  net = pretrained.load(checkpoint)
+  variables = jax.device_get(net.encoder_variables)
+  mesh = parallel.make_mesh()
+  encoder = networks.build_encoder(net.model, compute_dtype='float32')
+  embed = features.make_embed_fn(encoder, mesh)
   source = input_pipeline.load_source(dataset, split)
   batches = input_pipeline.eval_batches(
       source, global_batch=batch_size, image_size=dataset.image_size,
@@ -69,7 +71,7 @@ def extract_features(checkpoint: str, dataset, split: str,
       crop_fraction=dataset.eval_crop_fraction,
       process_index=jax.process_index(), process_count=jax.process_count())
   variables = jax.device_put(variables, NamedSharding(mesh, P()))
-  out = evaluate.extract(embed, variables, batches)
+  out = features.extract(embed, variables, batches)
   return out['embedding'].astype(np.float32), out['label']
 
 

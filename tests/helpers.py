@@ -1,0 +1,71 @@
+"""What several test modules share: fake Fashion-MNIST idx files, the
+command line with a tiny model, and reading a saved state back."""
+
+import gzip
+import os
+import struct
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+ROOT = os.path.join(os.path.dirname(__file__), '..')
+TINY = ['--config.model.width=0.0625', '--config.model.projector_hidden=(16,)',
+        '--config.model.predictor_hidden=(16,)',
+        '--config.model.projection_dim=8', '--config.batch_size=16',
+        '--config.eval.batch_size=16', '--config.log_every_steps=2',
+        '--config.optimizer.warmup_epochs=0', '--config.eval.knn_k=20',
+        '--config.eval.knn_k_small=5']
+
+
+def cli_command(workdir, idx_dir, *extra):
+  return [sys.executable, '-m', 'byol_jax.main',
+          '--config=configs/byol_fashion_mnist.py', f'--workdir={workdir}',
+          f'--config.dataset.idx_dir={idx_dir}', *TINY, *extra]
+
+
+def cli_env(devices=2):
+  return dict(os.environ, JAX_PLATFORMS='cpu',
+              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+
+
+def cli(workdir, idx_dir, *extra):
+  return subprocess.run(cli_command(workdir, idx_dir, *extra), cwd=ROOT,
+                        capture_output=True, text=True, env=cli_env(),
+                        timeout=600)
+
+
+def saved_state(workdir, step):
+  """The saved TrainState as arrays on this process's first device, whatever
+  the device topology of the run that saved it."""
+  manager = ocp.CheckpointManager(
+      workdir / 'checkpoints', item_names=('state', 'config'),
+      item_handlers={'state': ocp.StandardCheckpointHandler(),
+                     'config': ocp.JsonCheckpointHandler()})
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+      manager.item_metadata(step)['state'],
+      is_leaf=lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype'))
+  return manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract)))['state']
+
+
+def write_idx(path, array, compress):
+  header = struct.pack('>HBB', 0, 0x08, array.ndim) + struct.pack(
+      f'>{array.ndim}I', *array.shape)
+  opener = gzip.open if compress else open
+  with opener(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def write_fake_fashion_mnist(directory, n_train=64, n_test=21, seed=0):
+  """Fashion-MNIST-format idx files (the Debian package's names)."""
+  rng = np.random.RandomState(seed)
+  for split, n in (('train', n_train), ('t10k', n_test)):
+    write_idx(directory / f'{split}-images-idx3-ubyte.gz',
+               rng.randint(0, 256, (n, 28, 28)), compress=True)
+    write_idx(directory / f'{split}-labels-idx1-ubyte.gz',
+               np.arange(n) % 10, compress=True)
