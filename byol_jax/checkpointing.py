@@ -240,7 +240,9 @@ def _disk_full_is_a_message(manager, step: Optional[int]):
     step = _PENDING.pop(manager, step)
     _settle(manager)
     which = f'of step {step} ' if step is not None else ''
-    kept = sorted(manager.all_steps(read=True))
+    with contextlib.suppress(Exception):
+      manager.reload()
+    kept = sorted(manager.all_steps())
     raise DiskFullError(
         f'The disk holding {manager.directory} is full: the checkpoint '
         f'{which}could not be written. The earlier checkpoints '
@@ -255,7 +257,8 @@ def finish(manager: ocp.CheckpointManager) -> None:
   with _disk_full_is_a_message(manager, None):
     manager.wait_until_finished()
     step = _PENDING.pop(manager, None)
-    if step is not None and step not in manager.all_steps(read=True):
+    manager.reload()
+    if step is not None and step not in manager.all_steps():
       raise CheckpointWriteError(
           f'The checkpoint of step {step} was not written to '
           f'{manager.directory} (orbax reported no error). The earlier '
@@ -408,7 +411,8 @@ def load_pretrained(path: str, sharding: Optional[jax.sharding.Sharding]
   """
   directory, step = resolve(path)
   manager = ocp.CheckpointManager(
-      directory, options=ocp.CheckpointManagerOptions(read_only=True),
+      directory, options=ocp.CheckpointManagerOptions(
+          read_only=True, save_interval_steps=0, create=False),
       item_names=('state', 'config'),
       item_handlers={'state': ocp.PyTreeCheckpointHandler(),
                      'config': ocp.JsonCheckpointHandler()})

@@ -61,10 +61,14 @@ def show_progress() -> None:
 
 
 class QuietLibraries:
-  """Drops INFO chatter of orbax and XLA's backend probing from the log."""
+  """Drops INFO chatter of orbax and XLA's backend probing from the log, and
+  orbax's warning that a directory we open read-only is read-only."""
 
   def filter(self, record):
-    noisy = '/orbax/' in record.pathname or 'xla_bridge' in record.pathname
+    orbax = '/orbax/' in record.pathname
+    if orbax and 'read only' in record.getMessage():
+      return False
+    noisy = orbax or 'xla_bridge' in record.pathname
     return record.levelno >= 30 or not noisy
 
 

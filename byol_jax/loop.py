@@ -160,6 +160,7 @@ def fit(state, step_fn: Callable, batches: Iterator, *, num_steps: int,
         on_summary(step, summary)
     t = time.time()
     if save_now:
+      writer.flush()  # The records up to a checkpoint are on disk with it.
       checkpointing.save(manager, state, config)
       saved_step = step
     if not last:
@@ -173,6 +174,7 @@ def fit(state, step_fn: Callable, batches: Iterator, *, num_steps: int,
     if stop.signal:
       break
   profile.stop(step)
+  writer.flush()
   if manager is not None:
     if saved_step != step:  # Once per step (a periodic save may have run).
       checkpointing.save(manager, state, config)

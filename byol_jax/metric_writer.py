@@ -8,10 +8,12 @@ through tf.io.gfile, so a workdir may be local, NFS or an object store
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import itertools
 import json
 import os
+import time
 from typing import Any, Mapping
 
 import jax
@@ -54,19 +56,39 @@ def mean_metrics(pending) -> dict[str, float]:
   return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
 
 
-def _append(path: str, text: str) -> None:
-  if '://' in path:  # Object stores cannot append: rewrite (a small file).
-    old = tf.io.gfile.GFile(path).read() if tf.io.gfile.exists(path) else ''
-    with tf.io.gfile.GFile(path, 'w') as f:
-      f.write(old + text)
+def _append(path: str, text: str, step: int) -> None:
+  """Appends to a local (or NFS) file; object stores cannot append, so
+  there each write is a new object in metrics.parts/, named so that the
+  names sort in write order: appending, not rewriting the file."""
+  if '://' in path:
+    tf.io.gfile.makedirs(_parts(path))
+    name = f'{step:012d}-{time.time_ns():020d}.jsonl'
+    with tf.io.gfile.GFile(os.path.join(_parts(path), name), 'w') as f:
+      f.write(text)
   else:
     with open(path, 'a') as f:
       f.write(text)
 
 
+def _parts(path: str) -> str:
+  """<workdir>/metrics.parts for <workdir>/metrics.jsonl."""
+  return os.path.splitext(path)[0] + '.parts'
+
+
+def _part_files(path: str) -> list[str]:
+  if '://' not in path or not tf.io.gfile.isdir(_parts(path)):
+    return []
+  return [os.path.join(_parts(path), n)
+          for n in sorted(tf.io.gfile.listdir(_parts(path)))]
+
+
 class MetricWriter:
   """Appends {'step': s, name: value, ...} records to <workdir>/metrics.jsonl
-  and writes the same scalars to TensorBoard under <workdir>/tensorboard.
+  and writes the same scalars to TensorBoard under <workdir>/tensorboard,
+  off the training thread (one writer thread: records stay in order).
+  `flush` waits for them (the loop flushes before each checkpoint, so the
+  records of a checkpointed step are on disk with it) and raises a failed
+  write's error.
 
   resume_step: the step the run starts from; records of later steps (logged
   by an earlier attempt before it stopped) are dropped, so the file
@@ -76,6 +98,9 @@ class MetricWriter:
     self.enabled = jax.process_index() == 0
     self.path = os.path.join(workdir, 'metrics.jsonl')
     self._tb = None
+    self._pool = concurrent.futures.ThreadPoolExecutor(
+        1, thread_name_prefix='metric_writer')
+    self._pending = []
     if self.enabled:
       tf.io.gfile.makedirs(workdir)
       _drop_records_after(self.path, resume_step)
@@ -86,15 +111,35 @@ class MetricWriter:
     if not self.enabled:
       return
     record = {'step': int(step), **{k: float(v) for k, v in scalars.items()}}
-    _append(self.path, json.dumps(record) + '\n')
-    with self._tb.as_default(step=int(step)):
-      for k, v in scalars.items():
-        tf.summary.scalar(k, float(v))
+    self._pending.append(self._pool.submit(self._write, record))
+    self._check(wait=False)
+
+  def _write(self, record) -> None:
+    _append(self.path, json.dumps(record) + '\n', record['step'])
+    with self._tb.as_default(step=record['step']):
+      for k, v in record.items():
+        if k != 'step':
+          tf.summary.scalar(k, v)
     self._tb.flush()
 
+  def _check(self, wait: bool) -> None:
+    if wait:
+      concurrent.futures.wait(self._pending)
+    done = [f for f in self._pending if f.done()]
+    self._pending = [f for f in self._pending if not f.done()]
+    for f in done:
+      f.result()  # Raises the write's error here, on the training thread.
+
+  def flush(self) -> None:
+    self._check(wait=True)
+
   def close(self):
-    if self._tb is not None:
-      self._tb.close()
+    try:
+      self.flush()
+    finally:
+      self._pool.shutdown()
+      if self._tb is not None:
+        self._tb.close()
 
 
 def _parse(lines):
@@ -117,14 +162,22 @@ def _parse(lines):
 
 
 def read_metrics(path: str) -> list[dict]:
-  with tf.io.gfile.GFile(path) as f:
-    records, bad = _parse(f)
+  """The records of metrics.jsonl (and, on object stores, metrics.parts/)."""
+  lines = []
+  for name in ([path] if tf.io.gfile.exists(path) else []) + _part_files(
+      path):
+    with tf.io.gfile.GFile(name) as f:
+      lines += f.readlines()
+  records, bad = _parse(lines)
   if bad:
     logging.warning('%s: skipped %d unreadable line(s).', path, bad)
   return records
 
 
 def _drop_records_after(path: str, step: int) -> None:
+  for part in _part_files(path):  # <step>-<time>.jsonl
+    if int(os.path.basename(part).split('-')[0]) > step:
+      tf.io.gfile.remove(part)
   if not tf.io.gfile.exists(path):
     return
   with tf.io.gfile.GFile(path) as f:

@@ -116,6 +116,7 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
     accs = evaluator(_online_variables(state))
     logging.info('step %d eval: %s', step, _fmt(accs))
     writer.write(step, accs)
+    writer.flush()
     if jax.process_index() == 0:  # The picture so far, at each kNN point.
       metric_writer.plot_curves(writer.path, curves)
 

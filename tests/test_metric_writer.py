@@ -3,6 +3,8 @@ run, a resumed run drops the records of the steps it does again."""
 
 import json
 
+import pytest
+
 from byol_jax import metric_writer
 
 
@@ -69,3 +71,42 @@ def test_the_curves_show_knn_with_labels_and_no_fake_final_dip():
   assert acc.get_ylabel() == 'top-1 accuracy'
   assert all(ax.get_ylabel() for ax in fig.axes)
   assert fig._suptitle.get_text() == 'byol_fashion_mnist (step 301)'
+
+
+def test_writes_run_off_the_thread_in_order_and_errors_come_back(tmp_path):
+  """Records are written by one writer thread, in order; flush waits for
+  them; a write that failed there raises on the caller's thread."""
+  writer = metric_writer.MetricWriter(str(tmp_path))
+  for s in range(1, 51):
+    writer.write(s, {'loss': 1.0 / s})
+  writer.flush()
+  assert [r['step'] for r in metric_writer.read_metrics(
+      str(tmp_path / 'metrics.jsonl'))] == list(range(1, 51))
+  (tmp_path / 'metrics.jsonl').unlink()
+  (tmp_path / 'metrics.jsonl').mkdir()  # Appending to it now fails.
+  writer.write(51, {'loss': 0.0})
+  with pytest.raises(IsADirectoryError):
+    writer.flush()
+  writer.close()
+
+
+def test_on_an_object_store_every_write_is_a_new_object():
+  """gs:// cannot append: each write is one new object under
+  metrics.parts/ (the file used to be rewritten whole on every write,
+  quadratic over a run); reading and the resume cut see one run. Through
+  TensorFlow's ram:// filesystem, which takes the object-store path."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  workdir = 'ram://metric_writer_test/run'
+  writer = metric_writer.MetricWriter(workdir)
+  for s in range(1, 6):
+    writer.write(s, {'loss': 1.0 / s})
+  writer.write(5, {'eval/knn_top1_k20': 0.5})
+  writer.close()
+  path = workdir + '/metrics.jsonl'
+  assert not tf.io.gfile.exists(path)
+  assert len(tf.io.gfile.listdir(workdir + '/metrics.parts')) == 6
+  records = metric_writer.read_metrics(path)
+  assert [r['step'] for r in records] == [1, 2, 3, 4, 5, 5]
+  assert records[-1] == {'step': 5, 'eval/knn_top1_k20': 0.5}
+  metric_writer.MetricWriter(workdir, resume_step=3).close()
+  assert [r['step'] for r in metric_writer.read_metrics(path)] == [1, 2, 3]

@@ -3,8 +3,11 @@ encoder on the eval split, and the raw-pixel kNN floor."""
 
 from __future__ import annotations
 
+import time
+
 import jax
 import numpy as np
+from absl import logging
 
 from byol_jax import input_pipeline
 from byol_jax.evaluation import features, knn
@@ -44,8 +47,14 @@ class KnnEvaluator:
     return {f'{prefix}knn_top1_k{k}': v for k, v in accs.items()}
 
   def __call__(self, variables, prefix='eval/') -> dict[str, float]:
+    start = time.time()
+    logging.info('kNN evaluation: extracting the features of %d bank and %d '
+                 'eval examples.', len(self.sources['train']),
+                 len(self.sources['eval']))
     train = features.extract(self.embed, variables, self._batches('train'))
     test = features.extract(self.embed, variables, self._batches('eval'))
+    logging.info('kNN evaluation: features extracted in %.1f s.',
+                 time.time() - start)
     out = self._accuracies(train['embedding'], train['label'],
                            test['embedding'], test['label'], prefix)
     out.update(self._probe(test, prefix))
