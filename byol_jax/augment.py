@@ -180,15 +180,43 @@ def random_resized_crop(image, seed, size: int, area=(0.08, 1.0),
 # memory per op, XLA fuses the elementwise chain into a few loops
 # (benchmarks/input_pipeline.py; ~6x on the colour ops at 224 px).
 
-# Uniform draws per view, one stateless call: slots of the vector below.
-_FLIP, _JITTER, _GRAY, _BLUR, _SOLARIZE, _BRIGHT, _CONTRAST, _SAT, _HUE, \
-    _SIGMA, _ORDER = range(11)
-_NUM_DRAWS = _ORDER + 4
+# The random draws of a view after its crop, one uniform each, in this
+# order, then up to 4 for the jitter ops' order: the one table of slots
+# both paths read (`sample_view` here in tf.data, `device_augment` in the
+# train step).
+DRAW_SLOTS = ('flip', 'jitter', 'grayscale', 'blur', 'solarize', 'brightness',
+              'contrast', 'saturation', 'hue', 'sigma')
+_NUM_DRAWS = len(DRAW_SLOTS) + 4
 
 
-def _jitter_ops(channels: int) -> int:
+def jitter_ops(channels: int) -> int:
   """Brightness, contrast, and for RGB saturation and hue."""
   return 4 if channels == 3 else 2
+
+
+def draws(u, params: Mapping[str, Any], n_ops: int, argsort) -> dict:
+  """A view's random parameters from its uniforms `u` (at least
+  len(DRAW_SLOTS) + n_ops of them), TF or JAX arrays alike: Bernoulli
+  draws for each op, the jitter strengths, the blur sigma, and a uniformly
+  random order of the n_ops jitter ops (`argsort`: tf.argsort / jnp.argsort)."""
+  slot = dict(zip(DRAW_SLOTS, (u[i] for i in range(len(DRAW_SLOTS)))))
+  lerp = lambda k, lo, hi: lo + (hi - lo) * slot[k]  # noqa: E731
+  b, c, sat, hue = (params[k] for k in ('brightness', 'contrast',
+                                        'saturation', 'hue'))
+  n = len(DRAW_SLOTS)
+  return {
+      'flip': slot['flip'] < params['flip_prob'],
+      'jitter': slot['jitter'] < params['jitter_prob'],
+      'grayscale': slot['grayscale'] < params['grayscale_prob'],
+      'blur': slot['blur'] < params['blur_prob'],
+      'solarize': slot['solarize'] < params['solarize_prob'],
+      'brightness': lerp('brightness', -b, b),
+      'contrast': lerp('contrast', 1 - c, 1 + c),
+      'saturation': lerp('saturation', 1 - sat, 1 + sat),
+      'hue': lerp('hue', -hue, hue),
+      'sigma': lerp('sigma', *params['blur_sigma']),
+      'order': argsort(u[n:n + n_ops]),
+  }
 
 
 def sample_view(image, seed, params: Mapping[str, Any], size: int):
@@ -201,25 +229,8 @@ def sample_view(image, seed, params: Mapping[str, Any], size: int):
                              params['crop_aspect'],
                              params.get('crop_impl', 'inception'))
   u = tf.random.stateless_uniform([_NUM_DRAWS], draw_seed)
-  lerp = lambda i, lo, hi: lo + (hi - lo) * u[i]  # noqa: E731
-  b, c, sat, hue = (params[k] for k in ('brightness', 'contrast',
-                                        'saturation', 'hue'))
-  n_ops = _jitter_ops(crop.shape[-1])
-  return {
-      'image': crop,
-      'flip': u[_FLIP] < params['flip_prob'],
-      'jitter': u[_JITTER] < params['jitter_prob'],
-      'grayscale': u[_GRAY] < params['grayscale_prob'],
-      'blur': u[_BLUR] < params['blur_prob'],
-      'solarize': u[_SOLARIZE] < params['solarize_prob'],
-      'brightness': lerp(_BRIGHT, -b, b),
-      'contrast': lerp(_CONTRAST, 1 - c, 1 + c),
-      'saturation': lerp(_SAT, 1 - sat, 1 + sat),
-      'hue': lerp(_HUE, -hue, hue),
-      'sigma': lerp(_SIGMA, *params['blur_sigma']),
-      # A uniformly random order of the jitter ops.
-      'order': tf.argsort(u[_ORDER:_ORDER + n_ops]),
-  }
+  return {'image': crop, **draws(u, params, jitter_ops(crop.shape[-1]),
+                                 tf.argsort)}
 
 
 def _per_image(v):
@@ -270,7 +281,7 @@ def color_jitter_batch(images, draws):
   the ops in each image's own random order, values clipped after each op (as
   the official BYOL code does). Each round computes every op and keeps, per
   image, the one its order names: static shapes, so XLA fuses the round."""
-  ops = _JITTER_OPS[:_jitter_ops(images.shape[-1])]
+  ops = _JITTER_OPS[:jitter_ops(images.shape[-1])]
   jitter = _per_image(draws['jitter'])
   for position in range(len(ops)):
     op_now = _per_image(draws['order'][:, position])

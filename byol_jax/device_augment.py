@@ -36,25 +36,9 @@ def sample_draws(key: jax.Array, params: Mapping[str, Any],
   """One image's random draws for the ops after the crop (scalars, and the
   (n_ops,) jitter order), from the same uniform laws as
   `augment.sample_view`."""
-  n_ops = 4 if channels == 3 else 2
-  u = jax.random.uniform(key, (10 + n_ops,))
-  lerp = lambda i, lo, hi: lo + (hi - lo) * u[i]  # noqa: E731
-  b, c, sat, hue = (params[k] for k in ('brightness', 'contrast',
-                                        'saturation', 'hue'))
-  return {
-      'flip': u[0] < params['flip_prob'],
-      'jitter': u[1] < params['jitter_prob'],
-      'grayscale': u[2] < params['grayscale_prob'],
-      'blur': u[3] < params['blur_prob'],
-      'solarize': u[4] < params['solarize_prob'],
-      'brightness': lerp(5, -b, b),
-      'contrast': lerp(6, 1 - c, 1 + c),
-      'saturation': lerp(7, 1 - sat, 1 + sat),
-      'hue': lerp(8, -hue, hue),
-      'sigma': lerp(9, *params['blur_sigma']),
-      # A uniformly random order of the jitter ops.
-      'order': jnp.argsort(u[10:]),
-  }
+  n_ops = augment.jitter_ops(channels)
+  u = jax.random.uniform(key, (len(augment.DRAW_SLOTS) + n_ops,))
+  return augment.draws(u, params, n_ops, jnp.argsort)
 
 
 def sample_batch_draws(key: jax.Array, indices: jax.Array,
