@@ -10,6 +10,7 @@ import sys
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from ml_collections.config_flags import config_flags as cf
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
 TINY = ['--config.model.width=0.0625', '--config.model.projector_hidden=(16,)',
@@ -66,6 +67,32 @@ def write_fake_fashion_mnist(directory, n_train=64, n_test=21, seed=0):
   rng = np.random.RandomState(seed)
   for split, n in (('train', n_train), ('t10k', n_test)):
     write_idx(directory / f'{split}-images-idx3-ubyte.gz',
-               rng.randint(0, 256, (n, 28, 28)), compress=True)
+              rng.randint(0, 256, (n, 28, 28)), compress=True)
     write_idx(directory / f'{split}-labels-idx1-ubyte.gz',
-               np.arange(n) % 10, compress=True)
+              np.arange(n) % 10, compress=True)
+
+
+def load_config(name, **overrides):
+  """configs/<name>'s get_config() with dotted overrides."""
+  c = cf._LoadConfigModule(name, os.path.join(ROOT, 'configs', name)
+                           ).get_config()
+  for dotted, value in overrides.items():
+    *parents, leaf = dotted.split('.')
+    node = c
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
+def eval_config(name, idx, **overrides):
+  """An evaluation config file's config for the tiny fake Fashion-MNIST."""
+  return load_config(name, **{
+      'dataset.idx_dir': str(idx), 'batch_size': 16, 'eval.batch_size': 16,
+      'num_epochs': 2.0, 'log_every_steps': 4, **overrides})
+
+
+def files(directory):
+  """{path: bytes} of every file under `directory`."""
+  return {p: p.read_bytes() for p in sorted(directory.rglob('*'))
+          if p.is_file()}
