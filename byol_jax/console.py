@@ -77,7 +77,7 @@ def log_file(path: str) -> Iterator[None]:
   """Copies the log (absl's format) to `path`, appending, so a finished or
   failed run keeps its own log; an error that ends the run goes there with
   its full traceback (the terminal gets the message only)."""
-  handler = std_logging.FileHandler(path, mode='a', delay=True)
+  handler = _CopyHandler(path, mode='a', delay=True)
   handler.setFormatter(logging.PythonFormatter())
   handler.addFilter(QuietLibraries())
   root = std_logging.getLogger()
@@ -93,4 +93,13 @@ def log_file(path: str) -> Iterator[None]:
     raise
   finally:
     root.removeHandler(handler)
-    handler.close()
+    with contextlib.suppress(OSError):  # E.g. the disk is full.
+      handler.close()
+
+
+class _CopyHandler(std_logging.FileHandler):
+  """A log file that is a copy: failing to write it (a full disk) never
+  fails the run or prints logging's own error report."""
+
+  def handleError(self, record):
+    del record

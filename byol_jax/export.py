@@ -34,6 +34,7 @@ import sys
 from typing import Callable
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -129,9 +130,18 @@ def export(source: str, out: str, layout: str = 'flax',
           "layer1's first block) has no torchvision equivalent; use "
           '--format=flax.')
     arrays = torchvision_state_dict(model, variables)
+  d = source_net.config['dataset']
   metadata = {'format': FORMAT, 'layout': layout, 'model': model.to_dict(),
               'source': os.path.abspath(source), 'step': step,
-              'padding': 'TF SAME (see byol_jax/export.py)'}
+              'padding': 'TF SAME (see byol_jax/export.py)',
+              # What the encoder was trained on: (N, S, S, C) images in
+              # [0, 1], then (x - mean) / std per channel.
+              'preprocessing': {
+                  'image_size': int(d['image_size']),
+                  'channels': int(d['num_channels']),
+                  'mean': [float(v) for v in d['mean']],
+                  'std': [float(v) for v in d['std']],
+                  'eval_crop_fraction': float(d['eval_crop_fraction'])}}
   with open(out, 'wb') as f:
     np.savez(f, __metadata__=np.array(json.dumps(metadata)), **arrays)
   return out
@@ -142,10 +152,17 @@ def read_metadata(path: str) -> dict:
     return json.loads(str(f['__metadata__']))
 
 
-def load_encoder(path: str) -> tuple[Callable, dict]:
+def load_encoder(path: str, raw_images: bool = False
+                 ) -> tuple[Callable, dict]:
   """(apply_fn, variables) of an exported encoder (flax layout):
-  apply_fn(variables, images (N, H, W, C) normalised) -> features (N, F),
-  BatchNorm in inference mode. Nothing in the file is executed."""
+  apply_fn(variables, images) -> features (N, F), BatchNorm in inference
+  mode. Nothing in the file is executed.
+
+  images: (N, H, W, C) normalised as in training ((x - mean) / std with the
+  metadata's 'preprocessing'); with raw_images=True, (N, S, S, C) uint8 or
+  float in [0, 1] at the export's image size S (resize / centre-crop them
+  first), normalised by apply_fn. Exports from before 'preprocessing' was
+  recorded load with a warning, for normalised images only."""
   try:
     with np.load(path, allow_pickle=False) as f:
       metadata = json.loads(str(f['__metadata__']))
@@ -154,15 +171,13 @@ def load_encoder(path: str) -> tuple[Callable, dict]:
   except (KeyError, ValueError, OSError) as e:  # No/odd metadata, not .npz.
     raise EncoderFileError(f'{path} is not a byol_jax encoder export '
                            f'({type(e).__name__}: {e}).') from None
-  if (not isinstance(metadata, dict) or metadata.get('format') != FORMAT
-      or metadata.get('layout') != 'flax'
-      or not isinstance(metadata.get('model'), dict)):
+  meta = metadata if isinstance(metadata, dict) else {}
+  if (meta.get('format') != FORMAT or meta.get('layout') != 'flax'
+      or not isinstance(meta.get('model'), dict)):
     raise EncoderFileError(
         f'{path} is not a flax-layout byol_jax encoder (metadata format '
-        f'{metadata.get("format") if isinstance(metadata, dict) else "?"!r},'
-        f' layout {metadata.get("layout") if isinstance(metadata, dict) else "?"!r}'
-        ').')
-  m = ml_collections.ConfigDict(metadata['model'])
+        f'{meta.get("format", "?")!r}, layout {meta.get("layout", "?")!r}).')
+  m = ml_collections.ConfigDict(meta['model'])
   try:
     encoder = networks.build_encoder(m, compute_dtype='float32')
     channels = variables['params']['stem_conv']['kernel'].shape[2]
@@ -171,10 +186,39 @@ def load_encoder(path: str) -> tuple[Callable, dict]:
     raise EncoderFileError(
         f'{path}: its arrays are not the ResNet its metadata describes '
         f'({m.get("depth")}, width {m.get("width")}): {e}') from None
+  prep = meta.get('preprocessing')
+  if prep is None:
+    if raw_images:
+      raise EncoderFileError(
+          f'{path} was exported before exports recorded their '
+          'preprocessing: pass normalised images (raw_images=False), '
+          'normalised as the pretraining config did, or export it again.')
+    from absl import logging  # pylint: disable=g-import-not-at-top
+    logging.warning('%s records no preprocessing (an older export): '
+                    'normalise images as its pretraining config did.', path)
 
   @jax.jit
+  def forward(variables, images):
+    if raw_images:
+      if images.dtype == jnp.uint8:
+        images = images.astype(jnp.float32) / 255.0
+      images = ((images - jnp.asarray(prep['mean'], jnp.float32))
+                / jnp.asarray(prep['std'], jnp.float32))
+    return encoder.apply(variables, images.astype(jnp.float32), train=False)
+
   def apply_fn(variables, images):
-    return encoder.apply(variables, images, train=False)
+    shape = tuple(getattr(images, 'shape', ()))
+    want = (f'(N, {prep["image_size"]}, {prep["image_size"]}, {channels})'
+            if raw_images else f'(N, H, W, {channels})')
+    if (len(shape) != 4 or shape[-1] != channels or (raw_images and shape[
+        1:3] != (prep['image_size'],) * 2)):
+      raise ValueError(f'images of shape {shape}: this encoder takes {want}'
+                       + (' (resize or centre-crop them first)'
+                          if raw_images and len(shape) == 4 else '')
+                       + (' (add the channel axis: images[..., None])'
+                          if len(shape) == 3 and channels == 1 else '')
+                       + '.')
+    return forward(variables, images)
   return apply_fn, variables
 
 

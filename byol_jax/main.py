@@ -30,7 +30,7 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from byol_jax import train  # pylint: disable=g-import-not-at-top
   cli.setup()
-  logging.info('Config:\n%s', _CONFIG.value)
+  logging.info('Config:\n%s', _CONFIG.value.to_json_best_effort(indent=2))
   result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0:
     print(train.summary_table(result))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import byol_jax
-from byol_jax import export, networks, official_weights, pretrained
+from byol_jax import config_lib, export, networks, official_weights, pretrained
 import dill
 from official_layout import official_layout, write_official_checkpoint
 
@@ -182,3 +182,43 @@ def test_official_pickle_is_refused_by_export_when_unsafe(tmp_path):
   with pytest.raises(official_weights.UnsafePickleError):
     export.export(str(bad), str(tmp_path / 'out.npz'))
   assert not (tmp_path / 'out.npz').exists()
+
+
+def test_an_export_carries_its_preprocessing(pretrained, tmp_path):
+  """The metadata holds size, channels, mean/std of the pretraining data;
+  with raw_images=True apply_fn takes uint8 or [0, 1] images and normalises
+  them itself (the same features as normalising by hand); wrong shapes get
+  a message; an export from before this still loads, for normalised
+  images only."""
+  workdir, _ = pretrained
+  path = export.export(str(workdir), str(tmp_path / 'enc.npz'))
+  prep = export.read_metadata(path)['preprocessing']
+  d = config_lib.base_config()
+  config_lib.use_dataset(d, 'fashion_mnist')
+  assert prep == {'image_size': 28, 'channels': 1,
+                  'mean': list(d.dataset.mean), 'std': list(d.dataset.std),
+                  'eval_crop_fraction': d.dataset.eval_crop_fraction}
+  pixels = np.random.RandomState(0).randint(0, 256, (3, 28, 28, 1), np.uint8)
+  normalised = ((pixels / 255.0 - np.array(prep['mean']))
+                / np.array(prep['std'])).astype(np.float32)
+  apply_fn, variables = byol_jax.load_encoder(path)
+  raw_fn, _ = byol_jax.load_encoder(path, raw_images=True)
+  want = np.asarray(apply_fn(variables, normalised))
+  np.testing.assert_allclose(raw_fn(variables, pixels), want, atol=1e-5)
+  np.testing.assert_allclose(raw_fn(variables, pixels / 255.0), want,
+                             atol=1e-5)
+  with pytest.raises(ValueError, match=r'add the channel axis'):
+    apply_fn(variables, normalised[..., 0])
+  with pytest.raises(ValueError, match=r'takes \(N, 28, 28, 1\) \(resize'):
+    raw_fn(variables, np.zeros((2, 32, 32, 1), np.uint8))
+
+  def older(a):
+    meta = json.loads(str(a['__metadata__']))
+    del meta['preprocessing']
+    a['__metadata__'] = np.array(json.dumps(meta))
+
+  old = _tampered(path, tmp_path / 'old.npz', older)
+  old_fn, old_vars = byol_jax.load_encoder(old)
+  np.testing.assert_allclose(old_fn(old_vars, normalised), want, atol=1e-6)
+  with pytest.raises(export.EncoderFileError, match='before exports recorded'):
+    byol_jax.load_encoder(old, raw_images=True)

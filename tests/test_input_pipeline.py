@@ -15,7 +15,7 @@ V1, V2 = augment.preset('byol_small')
 def fmnist_config(idx_dir, source='auto'):
   return ml_collections.ConfigDict(dict(
       name='fashion_mnist', source=source, idx_dir=str(idx_dir), data_dir='',
-      download=False))
+      download=False, in_memory=True))
 
 
 def test_read_idx_plain_and_gzipped(tmp_path):

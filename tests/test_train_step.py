@@ -7,7 +7,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from byol_jax import augment, device_augment, networks, optim, train_step as ts
+from byol_jax import (augment, device_augment, networks, optim, parallel,
+                      train_step as ts)
 from conftest import tiny_model_config
 
 GLOBAL_BATCH = 16
@@ -29,7 +30,7 @@ def _setup(method='byol', beta=0.0, compute_dtype='float32'):
     loss = dict(name='simsiam', alpha=0.1, beta=0.0, stop_gradient=True)
     use_target = False
   network = networks.build_network(model, num_classes=3,
-                                   bn_axis_name=ts.AXIS)
+                                   bn_axis_name=parallel.AXIS)
   # SimSiam's plain SGD at its paper LR. LARS's trust ratio bounds BYOL's
   # kernels but not its biases and BatchNorm parameters, which the official
   # order moves by lr x the momentum of every gradient since step 0: at 0.1
@@ -55,14 +56,14 @@ def _batches(n):
 
 
 def _run(devices, state, kwargs, batches):
-  mesh = ts.make_mesh(devices)
+  mesh = parallel.make_mesh(devices)
   step = ts.make_train_step(mesh, **kwargs)
   # From host copies: the step donates its input state.
-  state = ts.replicate(jax.device_get(state), mesh)
-  rng = ts.replicate(jax.random.key(1), mesh)
+  state = parallel.replicate(jax.device_get(state), mesh)
+  rng = parallel.replicate(jax.random.key(1), mesh)
   metrics = []
   for b in batches:
-    state, m = step(state, ts.shard_batch(b, mesh), rng)
+    state, m = step(state, parallel.shard_batch(b, mesh), rng)
     metrics.append(m)
   return jax.device_get(state), jax.device_get(metrics)
 
@@ -140,7 +141,7 @@ def test_copied_target_has_its_own_buffers():
   state = ts.init_state(jax.random.key(0), kwargs['network'],
                         kwargs['optimizer'], IMAGE_SHAPE, True,
                         target_init='copy')
-  state = ts.replicate(state, ts.make_mesh(jax.devices()[:1]))
+  state = parallel.replicate(state, parallel.make_mesh(jax.devices()[:1]))
   pointers = lambda tree: [  # noqa: E731
       s.data.unsafe_buffer_pointer() for x in jax.tree.leaves(tree)
       for s in x.addressable_shards]
@@ -205,15 +206,15 @@ def test_on_device_views_do_not_depend_on_the_device_count(devices):
   of 1."""
   _, device_views, crops = _on_device_setup()
   views = []
-  for mesh in (ts.make_mesh(devices[:1]), ts.make_mesh(devices)):
+  for mesh in (parallel.make_mesh(devices[:1]), parallel.make_mesh(devices)):
     finish = jax.jit(jax.shard_map(
         lambda b, rng, step: ts._finish_views(b, rng, step, device_views,
-                                              ts.AXIS),
-        mesh=mesh, in_specs=(ts.P(ts.AXIS), ts.P(), ts.P()),
-        out_specs=ts.P(ts.AXIS)))
+                                              parallel.AXIS),
+        mesh=mesh, in_specs=(ts.P(parallel.AXIS), ts.P(), ts.P()),
+        out_specs=ts.P(parallel.AXIS)))
     views.append(jax.device_get(finish(
-        ts.shard_batch(crops[1], mesh), ts.replicate(jax.random.key(1), mesh),
-        ts.replicate(jnp.int32(5), mesh))))
+        parallel.shard_batch(crops[1], mesh), parallel.replicate(jax.random.key(1), mesh),
+        parallel.replicate(jnp.int32(5), mesh))))
   for name in ('view1', 'view2'):
     np.testing.assert_allclose(views[1][name], views[0][name], atol=1e-6)
     assert not np.allclose(views[0][name], (crops[1][name] - 0.5) / 0.25)
