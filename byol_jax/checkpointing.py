@@ -257,13 +257,15 @@ def finish(manager: ocp.CheckpointManager) -> None:
   with _disk_full_is_a_message(manager, None):
     manager.wait_until_finished()
     step = _PENDING.pop(manager, None)
-    manager.reload()
-    if step is not None and step not in manager.all_steps():
-      raise CheckpointWriteError(
-          f'The checkpoint of step {step} was not written to '
-          f'{manager.directory} (orbax reported no error). The earlier '
-          f'checkpoints ({", ".join(map(str, manager.all_steps())) or "none"})'
-          ' are intact; run the same command to resume from the latest.')
+    if step is not None:
+      manager.reload()  # Re-listed only when a save was pending.
+      if step not in manager.all_steps():
+        raise CheckpointWriteError(
+            f'The checkpoint of step {step} was not written to '
+            f'{manager.directory} (orbax reported no error). The earlier '
+            'checkpoints ('
+            f'{", ".join(map(str, manager.all_steps())) or "none"}) are '
+            'intact; run the same command to resume from the latest.')
     if jax.process_index() == 0:
       _record_checksums(manager)
 
