@@ -23,10 +23,10 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from byol_jax import cli, config_lib, console
+from byol_jax import cli, console, validation
 from byol_jax.evaluation import protocols
 
-_MODE = flags.DEFINE_enum('mode', None, list(config_lib.EVAL_MODES),
+_MODE = flags.DEFINE_enum('mode', None, list(validation.EVAL_MODES),
                           'The protocol to run.')
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None, 'A pretraining --workdir, its checkpoints/ '

@@ -93,7 +93,8 @@ def fit(state, step_fn: Callable, batches: Iterator, *, num_steps: int,
         batch_size: int, steps_per_epoch: int, log_every: int,
         checkpoint_every: int = 0, periodic: Sequence[Periodic] = (),
         describe: Callable[[Mapping[str, float]], str] = lambda s: '',
-        on_summary: Callable[[int, Mapping[str, float]], None] = None,
+        on_summary: Optional[
+            Callable[[int, Mapping[str, float]], None]] = None,
         name: str = 'step', profile_dir: Optional[str] = None,
         profile_steps: int = 0):
   """Runs `state, metrics = step_fn(state, batch)` from state.step to

@@ -11,9 +11,9 @@ import time
 import jax
 from absl import logging
 
-from byol_jax import (checkpointing, config_lib, console, diagnostics,
-                      input_pipeline, loop, metric_writer, networks, optim,
-                      parallel, train_step)
+from byol_jax import (checkpointing, console, diagnostics, input_pipeline,
+                      loop, metric_writer, networks, optim, parallel,
+                      run_length, train_step, validation)
 from byol_jax.evaluation import monitor
 
 
@@ -25,8 +25,8 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
   workdir; process 0 holds the lock for all processes of a multi-host run.
   """
   console.show_progress()
-  config_lib.validate(config, jax.device_count(), jax.process_count())
-  config_lib.check_same_across_processes(config)
+  validation.validate(config, jax.device_count(), jax.process_count())
+  validation.check_same_across_processes(config)
   checkpointing.check_workdir(workdir)
   if jax.process_index() != 0:
     return _train_and_evaluate(config, workdir)
@@ -40,18 +40,18 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
   d = config.dataset
   train_source = input_pipeline.load_source(d, d.train_split)
   eval_source = input_pipeline.load_source(d, d.eval_split)
-  config_lib.validate_data(
+  validation.validate_data(
       d, input_pipeline.num_channels(train_source),
       max(map(input_pipeline.label_classes, (train_source, eval_source))))
-  config_lib.validate_schedule(config, len(train_source))
+  validation.validate_schedule(config, len(train_source))
 
-  num_steps = config_lib.total_steps(config, len(train_source))
-  steps_per_epoch = config_lib.steps_per_epoch(config, len(train_source))
+  num_steps = run_length.total_steps(config, len(train_source))
+  steps_per_epoch = run_length.steps_per_epoch(config, len(train_source))
   peak_lr = optim.scaled_learning_rate(config.optimizer.base_lr,
                                        config.batch_size,
                                        config.optimizer.lr_scaling)
   lr_schedule = optim.learning_rate_schedule(
-      peak_lr, num_steps, config_lib.warmup_steps(config, len(train_source)))
+      peak_lr, num_steps, run_length.warmup_steps(config, len(train_source)))
   tau_schedule = optim.tau_schedule(config.target.tau_base, num_steps,
                                     config.target.schedule)
   network = networks.build_network(config.model, d.num_classes,

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from byol_jax import config_lib
+from byol_jax import validation
 from byol_jax.tools import ablate
 from helpers import write_fake_fashion_mnist
 
@@ -19,7 +19,7 @@ def test_collapse_suite_variants_differ_only_in_their_factor():
                           'byol_tau1', 'simclr', 'simsiam',
                           'simsiam_no_stop_gradient'}
   for c in configs.values():
-    config_lib.validate(c, num_devices=1)
+    validation.validate(c, num_devices=1)
     # One encoder, batch, length and seed for all.
     assert (c.model.depth, c.model.width, c.model.stem, c.batch_size,
             c.num_train_steps, c.seed) == (18, 0.125, 'small_pool', 64,
@@ -152,8 +152,8 @@ def test_tiny_suite_end_to_end_resumes_and_refuses_other_settings(
   assert sorted(os.listdir(results)) == before == ['knn_step4.json']
   assert again['byol']['final'] == byol
 
-  with pytest.raises(config_lib.ConfigError, match='use a new --workdir'):
+  with pytest.raises(validation.ConfigError, match='use a new --workdir'):
     ablate.run_suite('tiny', workdir, steps=6)
-  with pytest.raises(config_lib.ConfigError, match='unknown'):
+  with pytest.raises(validation.ConfigError, match='unknown'):
     ablate.run_suite('tiny', str(tmp_path / 'other'), only=['bogus'])
   assert not os.path.exists(tmp_path / 'other')

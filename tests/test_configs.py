@@ -8,7 +8,7 @@ import pytest
 from ml_collections import config_flags  # noqa: F401  (config file loader)
 from ml_collections.config_flags import config_flags as cf
 
-from byol_jax import config_lib
+from byol_jax import config_lib, run_length, validation
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', 'configs')
 ALL = sorted(glob.glob(os.path.join(CONFIG_DIR, '*.py')))
@@ -27,7 +27,7 @@ def load(name, arg=None):
 @pytest.mark.parametrize('path', PRETRAIN, ids=os.path.basename)
 def test_every_config_validates(path):
   c = load(os.path.basename(path))
-  config_lib.validate(c, num_devices=8)
+  validation.validate(c, num_devices=8)
   assert c.dataset.name and c.batch_size % 8 == 0
   doc = cf._LoadConfigModule('x', path).__doc__
   # The docstring holds the exact command for this file.
@@ -40,7 +40,7 @@ def test_every_eval_config_validates(path):
   name = os.path.basename(path)
   mode = 'linear' if name.startswith('linear_eval_') else 'finetune'
   c = load(name)
-  config_lib.validate_eval(c, mode, num_devices=8)
+  validation.validate_eval(c, mode, num_devices=8)
   doc = cf._LoadConfigModule('x', path).__doc__
   assert f'python -m byol_jax.evaluate --mode={mode}' in doc
   assert c.optimizer.nesterov and c.optimizer.momentum == 0.9
@@ -61,12 +61,12 @@ def test_linear_eval_and_finetune_protocol_rows():
   c = load('linear_eval_fashion_mnist.py')
   c.batch_size = 100
   c.subset.fraction = 0.0
-  with pytest.raises(config_lib.ConfigError) as e:
-    config_lib.validate_eval(c, 'linear', num_devices=8)
+  with pytest.raises(validation.ConfigError) as e:
+    validation.validate_eval(c, 'linear', num_devices=8)
   assert 'batch_size=100 is not divisible' in str(e.value)
   assert 'subset.fraction=0.0' in str(e.value)
-  with pytest.raises(config_lib.ConfigError, match="--mode='probe'"):
-    config_lib.validate_eval(c, 'probe', num_devices=8)
+  with pytest.raises(validation.ConfigError, match="--mode='probe'"):
+    validation.validate_eval(c, 'probe', num_devices=8)
 
 
 def test_byol_imagenet_presets():
@@ -79,7 +79,7 @@ def test_byol_imagenet_presets():
           c.model.projection_dim) == (50, 'imagenet', (4096,), 256)
   c300 = load('byol_imagenet.py', 'epochs=300')
   assert (c300.optimizer.base_lr, c300.target.tau_base) == (0.3, 0.99)
-  with pytest.raises(config_lib.ConfigError, match='presets'):
+  with pytest.raises(validation.ConfigError, match='presets'):
     load('byol_imagenet.py', 'epochs=7')
 
 
@@ -96,7 +96,7 @@ def test_simsiam_imagenet_row():
 
 
 def test_config_argument_errors_are_clear():
-  with pytest.raises(config_lib.ConfigError, match='known keys'):
+  with pytest.raises(validation.ConfigError, match='known keys'):
     config_lib.parse_arg('tau=0.9', epochs=1)
 
 
@@ -137,34 +137,34 @@ def test_validation_says_what_to_change(field, value, message):
   for p in parents:
     node = node[p]
   node[leaf] = value
-  with pytest.raises(config_lib.ConfigError, match=re.escape(message)):
-    config_lib.validate(c, num_devices=8)
+  with pytest.raises(validation.ConfigError, match=re.escape(message)):
+    validation.validate(c, num_devices=8)
 
 
 def test_knn_evaluation_refuses_a_zero_eval_batch():
   c = load('byol_fashion_mnist.py')
   c.eval.batch_size = 0
-  with pytest.raises(config_lib.ConfigError,
+  with pytest.raises(validation.ConfigError,
                      match='eval.batch_size=0 must be a positive multiple'):
-    config_lib.validate_eval(c, 'knn', num_devices=8)
+    validation.validate_eval(c, 'knn', num_devices=8)
 
 
 def test_dataset_fields_that_contradict_the_data_are_refused():
   c = load('byol_fashion_mnist.py')
-  config_lib.validate_data(c.dataset, channels=1, classes=10)
-  with pytest.raises(config_lib.ConfigError,
+  validation.validate_data(c.dataset, channels=1, classes=10)
+  with pytest.raises(validation.ConfigError,
                      match='num_classes=10 but fashion_mnist labels go up to '
                      '11; set --config.dataset.num_classes=12'):
-    config_lib.validate_data(c.dataset, channels=1, classes=12)
-  with pytest.raises(config_lib.ConfigError, match='num_channels=1 but'):
-    config_lib.validate_data(c.dataset, channels=3, classes=10)
+    validation.validate_data(c.dataset, channels=1, classes=12)
+  with pytest.raises(validation.ConfigError, match='num_channels=1 but'):
+    validation.validate_data(c.dataset, channels=3, classes=10)
 
 
 def test_warmup_longer_than_training_is_refused():
   c = load('byol_fashion_mnist.py')
   c.num_train_steps = 10
-  with pytest.raises(config_lib.ConfigError, match='warm-up steps'):
-    config_lib.validate_schedule(c, num_train_examples=60000)
+  with pytest.raises(validation.ConfigError, match='warm-up steps'):
+    validation.validate_schedule(c, num_train_examples=60000)
 
 
 def test_table1_and_wider_deeper_encoders():
@@ -176,7 +176,7 @@ def test_table1_and_wider_deeper_encoders():
             c.optimizer.base_lr, c.target.tau_base) == (
                 depth, width, 1000, 4096, 0.2, 0.996)
   assert _module('byol_imagenet.py').PAPER_TOP1[('r200x2', 1000)] == 79.6
-  with pytest.raises(config_lib.ConfigError, match='rDEPTHxWIDTH'):
+  with pytest.raises(validation.ConfigError, match='rDEPTHxWIDTH'):
     load('byol_imagenet.py', 'arch=r51x1')
 
 
@@ -194,7 +194,7 @@ def test_table5a_tau_rows():
   assert sorted(module.PAPER_TOP1) == [0.0, 0.9, 0.99, 0.999, 1.0]
   for tau in module.PAPER_TOP1:
     c = load('byol_ablation_tau.py', f'tau={tau}')
-    config_lib.validate(c, num_devices=8)
+    validation.validate(c, num_devices=8)
     assert _is_300ep_preset(c) and c.target.use
     assert c.target.tau_base == tau
     # Table 5a keeps tau = 0 constant; the cosine schedule would reach 1.
@@ -207,7 +207,7 @@ def test_table5b_infonce_rows():
   for (pred, target, beta), top1 in module.PAPER_TOP1.items():
     c = load('byol_ablation_infonce.py',
              f'predictor={pred},target={target},beta={beta}')
-    config_lib.validate(c, num_devices=8)
+    validation.validate(c, num_devices=8)
     assert _is_300ep_preset(c) and c.loss.name == 'byol'
     assert (c.model.use_predictor, c.target.use, c.loss.beta,
             c.loss.alpha) == (pred, target, beta, 0.1)
@@ -220,10 +220,10 @@ def test_table5b_infonce_rows():
 def test_batch_size_ablation_rows():
   for batch in _module('byol_ablation_batch.py').BATCH_SIZES:
     c = load('byol_ablation_batch.py', f'batch={batch}')
-    config_lib.validate(c, num_devices=8)
+    validation.validate(c, num_devices=8)
     assert _is_300ep_preset(c) and c.batch_size == batch
     assert c.optimizer.lr_scaling == 'linear'  # LR = 0.3 x batch / 256.
-  with pytest.raises(config_lib.ConfigError, match='batch=100'):
+  with pytest.raises(validation.ConfigError, match='batch=100'):
     load('byol_ablation_batch.py', 'batch=100')
 
 
@@ -245,7 +245,7 @@ def test_augmentation_removal_rows():
   assert (crop_color.augment.view1.flip_prob,
           crop_color.augment.view1.grayscale_prob) == (0, 0.2)
   for keep in removed:
-    config_lib.validate(load('byol_ablation_augment.py', f'keep={keep}'),
+    validation.validate(load('byol_ablation_augment.py', f'keep={keep}'),
                         num_devices=8)
 
 
@@ -259,7 +259,7 @@ def test_simsiam_table4_and_ablation_rows():
   npred = load('simsiam_imagenet.py', 'variant=no_predictor')
   assert npred.loss.stop_gradient and not npred.model.use_predictor
   for c in (nsg, npred):
-    config_lib.validate(c, num_devices=8)
+    validation.validate(c, num_devices=8)
     assert (c.num_epochs, c.loss.name, c.target.use) == (100, 'simsiam',
                                                          False)
 
@@ -269,18 +269,18 @@ def test_run_length_is_the_official_formula():
   warm-up likewise: 1000 ImageNet epochs (1,281,167 images) at batch 4096
   are 312,784 steps with 3,127 of warm-up, not 1000 x 312 = 312,000."""
   c = config_lib.byol_imagenet_config(1000)
-  assert config_lib.total_steps(c, 1_281_167) == 312_784
-  assert config_lib.warmup_steps(c, 1_281_167) == 3_127
+  assert run_length.total_steps(c, 1_281_167) == 312_784
+  assert run_length.warmup_steps(c, 1_281_167) == 3_127
   c = config_lib.byol_imagenet_config(300)
-  assert config_lib.total_steps(c, 1_281_167) == 300 * 1_281_167 // 4096
+  assert run_length.total_steps(c, 1_281_167) == 300 * 1_281_167 // 4096
   # Fractional epochs are read as the decimal written: 3.63 x 60,000 / 64.
   c.num_epochs, c.batch_size, c.optimizer.warmup_epochs = 3.63, 64, 0.1
-  assert config_lib.total_steps(c, 60_000) == 217_800 // 64 == 3403
-  assert config_lib.warmup_steps(c, 60_000) == 93
+  assert run_length.total_steps(c, 60_000) == 217_800 // 64 == 3403
+  assert run_length.warmup_steps(c, 60_000) == 93
   c.num_epochs = 0.29  # 0.29 * 6400 is 1855.9999999999998 in floats.
-  assert config_lib.total_steps(c, 6_400) == 1856 // 64 == 29
+  assert run_length.total_steps(c, 6_400) == 1856 // 64 == 29
   # The log's epoch boundaries stay whole batches.
-  assert config_lib.steps_per_epoch(c, 60_000) == 937
+  assert run_length.steps_per_epoch(c, 60_000) == 937
 
 
 def test_upgrade_fills_what_older_saved_configs_lack():

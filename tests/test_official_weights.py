@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from byol_jax import official_weights
+from byol_jax import official_weights, validation
 from official_layout import (official_layout, reference_forward,
                              write_official_checkpoint)
 
@@ -326,7 +326,7 @@ def test_evaluate_reads_an_official_file(official_file, tmp_path):
   c = config_lib.eval_base_config()
   config_lib.use_dataset(c, 'fashion_mnist')
   c.batch_size, c.eval.batch_size = 8, 8
-  with pytest.raises(config_lib.ConfigError,
+  with pytest.raises(validation.ConfigError,
                      match='pretrained on 3-channel images'):
     protocols.run(ml_collections.ConfigDict(c), 'linear', str(path))
   assert not (path.parent / 'results').exists()

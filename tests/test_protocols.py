@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-from byol_jax import config_lib
+from byol_jax import validation
 from byol_jax.evaluation import protocols
 from helpers import eval_config, files
 
@@ -61,9 +61,9 @@ def test_protocol_errors_before_any_compilation(pretrained, tmp_path):
   c = eval_config('linear_eval_fashion_mnist.py', idx)
   c.dataset.num_channels = 3  # A self-consistent 3-channel dataset config.
   c.dataset.mean, c.dataset.std = (0.5,) * 3, (0.25,) * 3
-  with pytest.raises(config_lib.ConfigError, match='1-channel'):
+  with pytest.raises(validation.ConfigError, match='1-channel'):
     protocols.run(c, 'linear', str(workdir))
-  with pytest.raises(config_lib.ConfigError, match='needs --config'):
+  with pytest.raises(validation.ConfigError, match='needs --config'):
     protocols.run(None, 'linear', str(workdir))
   with pytest.raises(FileNotFoundError, match='pretraining --workdir'):
     protocols.run(c, 'linear', str(tmp_path))

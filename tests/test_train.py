@@ -4,7 +4,7 @@ the command-line tests of test_main.py."""
 import json
 import logging
 
-from byol_jax import config_lib, train
+from byol_jax import train, validation
 from helpers import load_config, write_fake_fashion_mnist
 
 
@@ -20,7 +20,7 @@ def test_train_and_evaluate_from_python_logs_and_returns_the_result(
       'log_every_steps': 2, 'optimizer.warmup_epochs': 0.0,
       'eval.knn_k': 20, 'eval.knn_k_small': 5, 'num_train_steps': 4,
       'eval.baselines': False})
-  config_lib.validate(c, 8)
+  validation.validate(c, 8)
   workdir = tmp_path / 'run'
   with caplog.at_level(logging.INFO):
     result = train.train_and_evaluate(c, str(workdir))

@@ -27,9 +27,9 @@ from absl import logging
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from byol_jax import (augment, checkpointing, classifier, config_lib, console,
+from byol_jax import (augment, checkpointing, classifier, console,
                       input_pipeline, loop, metric_writer, networks, parallel,
-                      pretrained, train_step)
+                      pretrained, run_length, train_step, validation)
 from byol_jax.evaluation import features, knn, monitor
 
 
@@ -49,15 +49,20 @@ def _fit(config, state, step_fn, frozen, make_batches, total: int,
   manager = checkpointing.make_manager(eval_dir, config.keep_checkpoints)
   if manager.latest_step() is not None:
     state = checkpointing.restore(manager, state)
-    logging.info('Resumed the classifier from step %d in %s.',
-                 int(jax.device_get(state.step)), eval_dir)
   start = int(jax.device_get(state.step))
+  if start >= total:
+    logging.info('The classifier in %s finished its %d steps; testing it '
+                 'again (the new result does not replace the earlier one).',
+                 eval_dir, total)
+  elif start:
+    logging.info('Resumed the classifier from step %d in %s.', start,
+                 eval_dir)
   writer = metric_writer.MetricWriter(eval_dir, resume_step=start)
   state, step = loop.fit(
       state, lambda s, b: step_fn(s, frozen, parallel.shard_batch(b, mesh)),
       make_batches(start), num_steps=total, stop=stop, writer=writer,
       manager=manager, config=config, batch_size=config.batch_size,
-      steps_per_epoch=config_lib.steps_per_epoch(config, num_examples),
+      steps_per_epoch=run_length.steps_per_epoch(config, num_examples),
       log_every=config.log_every_steps,
       checkpoint_every=config.checkpoint_every_steps,
       describe=lambda s: 'loss %.4f | train top-1 %.3f | lr %.4g' % (
@@ -84,7 +89,7 @@ def train_classifier(config, encoder, mesh, train_source, eval_source,
   fine-tuned: starting from `finetune_variables`) on train_source, with
   the crop + flip view, and tests it on eval_source (centre crop)."""
   d = config.dataset
-  total = config_lib.total_steps(config, len(train_source))
+  total = run_length.total_steps(config, len(train_source))
   optimizer, schedule = classifier.make_optimizer(
       config.optimizer, total, config.batch_size)
   state = classifier.init_state(
@@ -142,7 +147,7 @@ def linear_eval(config, encoder, encoder_variables, mesh, train_source,
                            _eval_batches(config, train_source))
   test = features.extract(embed, encoder_variables,
                           _eval_batches(config, eval_source))
-  total = config_lib.total_steps(config, len(train['label']))
+  total = run_length.total_steps(config, len(train['label']))
   optimizer, schedule = classifier.make_optimizer(
       config.optimizer, total, config.batch_size)
   state = parallel.replicate(classifier.init_state(
@@ -203,24 +208,24 @@ def run(config: Optional[ml_collections.ConfigDict], mode: str,
   start = time.time()
   mesh = parallel.make_mesh()
   if config is None and mode != 'knn':
-    raise config_lib.ConfigError(f'--mode={mode} needs --config (e.g. '
+    raise validation.ConfigError(f'--mode={mode} needs --config (e.g. '
                                  f'configs/linear_eval_fashion_mnist.py).')
   net = pretrained.load(checkpoint, mesh)
   saved, variables, step = net.config, net.variables, net.step
   if config is None:
     config = ml_collections.ConfigDict(saved)
-  config_lib.validate_eval(config, mode, jax.device_count(),
+  validation.validate_eval(config, mode, jax.device_count(),
                            jax.process_count())
-  config_lib.check_same_across_processes(config)
+  validation.check_same_across_processes(config)
   d = config.dataset
   if d.num_channels != saved['dataset']['num_channels']:
-    raise config_lib.ConfigError(
+    raise validation.ConfigError(
         f'The encoder was pretrained on {saved["dataset"]["num_channels"]}-'
         f'channel images but dataset.num_channels={d.num_channels} '
         f'({d.name}); evaluate on a dataset with the same channels.')
   train_source = input_pipeline.load_source(d, d.train_split)
   eval_source = input_pipeline.load_source(d, d.eval_split)
-  config_lib.validate_data(
+  validation.validate_data(
       d, input_pipeline.num_channels(train_source),
       max(map(input_pipeline.label_classes, (train_source, eval_source))))
   workdir = os.path.dirname(net.directory.rstrip('/'))

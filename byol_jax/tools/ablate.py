@@ -40,8 +40,8 @@ from ml_collections.config_flags import config_flags as cf
 import numpy as np
 import tensorflow as tf
 
-from byol_jax import (cli, config_lib, console, diagnostics, metric_writer,
-                      train)
+from byol_jax import (cli, console, diagnostics, metric_writer, train,
+                      validation)
 
 CONFIG_DIR = os.path.join(os.path.dirname(__file__), '..', '..', 'configs')
 
@@ -136,7 +136,7 @@ def _set(config, dotted: str, value) -> None:
   for p in parents:
     node = node[p]
   if leaf not in node:
-    raise config_lib.ConfigError(f'{dotted} is not a config field.')
+    raise validation.ConfigError(f'{dotted} is not a config field.')
   node[leaf] = value
 
 
@@ -162,7 +162,7 @@ def _check_settings(workdir: str, settings: dict) -> None:
     with tf.io.gfile.GFile(path) as f:
       old = json.load(f)
     if old != settings:
-      raise config_lib.ConfigError(
+      raise validation.ConfigError(
           f'{workdir} holds runs of {old}, not {settings}; use a new '
           '--workdir (nothing there was changed).')
     return
@@ -190,13 +190,13 @@ def run_suite(suite_name: str, workdir: str, steps: Optional[int] = None,
   names = [v.name for v in suite.variants]
   unknown = sorted(set(only or ()) - set(names))
   if unknown:
-    raise config_lib.ConfigError(f'--variants: unknown {unknown}; the '
+    raise validation.ConfigError(f'--variants: unknown {unknown}; the '
                                  f'{suite_name} suite has {names}.')
   variants = [v for v in suite.variants if not only or v.name in only]
   # Every config validated before anything is trained.
   configs = {v.name: variant_config(suite, v, steps) for v in variants}
   for c in configs.values():
-    config_lib.validate(c, jax.device_count(), jax.process_count())
+    validation.validate(c, jax.device_count(), jax.process_count())
   _check_settings(workdir, {'suite': suite_name, 'steps': steps})
 
   out = {}
