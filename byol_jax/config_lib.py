@@ -28,7 +28,14 @@ def base_config() -> ml_collections.ConfigDict:
       idx_dir='/usr/share/datasets/fashion-mnist', train_split='train',
       eval_split='validation', image_size=224, num_channels=3,
       num_classes=1000, mean=(0.485, 0.456, 0.406),
-      std=(0.229, 0.224, 0.225), eval_crop_fraction=0.875))
+      std=(0.229, 0.224, 0.225), eval_crop_fraction=0.875,
+      # Your own images (byol_jax.image_folder): a folder tree, with class
+      # subfolders or none (labels 'auto' | 'folders' | 'none'); eval_path
+      # a labelled evaluation folder, else eval_holdout of a labelled
+      # path is held out for evaluation. num_classes / num_channels /
+      # image_size -1 and mean / std () are taken from the data
+      # (byol_jax.dataset_info).
+      path='', labels='auto', eval_path='', eval_holdout=0.1))
   # on_device: tf.data only crops; flip, colour, blur and solarisation run
   # in the train step (byol_jax.device_augment), as the official code does.
   c.augment = ml_collections.ConfigDict(dict(preset='byol_imagenet',

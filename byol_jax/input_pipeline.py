@@ -1,13 +1,15 @@
 """tf.data input pipelines: two augmented views for pretraining, and
 fixed-order, padded-and-masked batches for evaluation.
 
-Sources: any TFDS image-classification dataset by name and split, and
+Sources: any TFDS image-classification dataset by name and split,
 Fashion-MNIST read offline from the idx files of Debian's
-`dataset-fashion-mnist` package. Both feed the same pipeline code.
+`dataset-fashion-mnist` package, and a folder of your own images
+(`dataset.path`, see `image_folder`). All feed the same pipeline code.
 
 Determinism: the training stream is a function of (seed, step). Global
 example position g = step * global_batch + i maps to epoch g // N and to
-index `index_shuffle(g % N, seed=(seed, epoch))` (in-memory sources), and its
+index `index_shuffle(g % N, seed=(seed, epoch))` (in-memory and folder
+sources), and its
 two views are drawn with the stateless seed (seed, g). A run resumed at step s
 therefore sees exactly the batches an uninterrupted run sees from step s on.
 """
@@ -24,7 +26,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from byol_jax import augment, console
+from byol_jax import augment, console, image_folder
+from byol_jax.image_folder import FolderSource
 
 FASHION_MNIST_IDX_DIR = '/usr/share/datasets/fashion-mnist'
 _IDX_FILES = {
@@ -39,9 +42,11 @@ class DatasetNotFoundError(console.UserError, FileNotFoundError):
 
 @dataclasses.dataclass(frozen=True)
 class ArraySource:
-  """A split held in memory: uint8 images (N, H, W, C) and int32 labels (N,)."""
+  """A split held in memory: uint8 images (N, H, W, C) and int32 labels (N,);
+  `num_classes` as the dataset declares it (None: max label + 1)."""
   images: np.ndarray
   labels: np.ndarray
+  num_classes: Optional[int] = None
 
   def __len__(self):
     return len(self.labels)
@@ -76,7 +81,7 @@ def load_fashion_mnist_idx(directory: str, split: str) -> ArraySource:
   if None in paths:
     raise DatasetNotFoundError(_missing_fashion_mnist_message(directory))
   images, labels = (read_idx(p) for p in paths)
-  return ArraySource(images[..., None], labels.astype(np.int32))
+  return ArraySource(images[..., None], labels.astype(np.int32), 10)
 
 
 def _missing_fashion_mnist_message(directory):
@@ -173,7 +178,10 @@ def _split_size(builder, split: str) -> int:
 
 def load_source(dataset_config, split: str):
   """The split as an `ArraySource` (in memory) or a `StreamSource` (read
-  lazily; `dataset.in_memory=False`, for ImageNet-scale data)."""
+  lazily; `dataset.in_memory=False`, for ImageNet-scale data), or the
+  `FolderSource` of `dataset.path`."""
+  if dataset_config.path:
+    return _folder_split(dataset_config, split)
   if uses_idx(dataset_config):
     return load_fashion_mnist_idx(dataset_config.idx_dir, split)
   name = dataset_config.name
@@ -200,7 +208,44 @@ def load_source(dataset_config, split: str):
   images = data['image']
   if images.ndim == 3:
     images = images[..., None]
-  return ArraySource(images.astype(np.uint8), data['label'].astype(np.int32))
+  return ArraySource(images.astype(np.uint8), data['label'].astype(np.int32),
+                     builder.info.features['label'].num_classes)
+
+
+_FOLDERS = {}  # (path, labels, channels, in_memory) -> FolderSource.
+
+
+def _folder_split(d, split: str) -> FolderSource:
+  """dataset.path's images for `split` (d.train_split or d.eval_split):
+  evaluation reads d.eval_path when it is set; otherwise, when the folder
+  is labelled, a fixed d.eval_holdout fraction of it (by a hash of each
+  path), which training then leaves out. Listed once per process."""
+  def folder(path):
+    # Channels not yet settled (-1): RGB until dataset_info.resolve says.
+    channels = d.num_channels if d.num_channels > 0 else 3
+    key = (path, d.labels, channels, d.in_memory)
+    if key not in _FOLDERS:
+      _FOLDERS[key] = image_folder.open_folder(
+          path, labels=d.labels, channels=channels, in_memory=d.in_memory)
+    return _FOLDERS[key]
+
+  train = folder(d.path)
+  evaluation = split != d.train_split
+  if d.eval_path:
+    if not evaluation:
+      return train
+    source = folder(d.eval_path)
+    if train.labelled and source.class_names != train.class_names:
+      raise image_folder.FolderError(
+          f'dataset.eval_path={d.eval_path} has the classes '
+          f'{list(source.class_names)}, dataset.path={d.path} '
+          f'{list(train.class_names)}; give both the same class folders.')
+    return source
+  if not train.labelled or not d.eval_holdout:
+    # Nothing to hold out: unlabelled images evaluate nothing.
+    return train.subset([]) if evaluation else train
+  held = image_folder.held_out(train, d.eval_holdout)
+  return train.subset(np.flatnonzero(held == evaluation))
 
 
 def class_balanced_subset(labels: np.ndarray, fraction: float,
@@ -254,14 +299,22 @@ def labelled_subset(source, *, fraction: float = 1.0, seed: int = 0,
         'every label first; give the subset as subset.file (e.g. SimCLR\'s '
         '1percent.txt), or load the dataset with dataset.in_memory=True.')
   index = class_balanced_subset(source.labels, fraction, seed)
-  return ArraySource(source.images[index], source.labels[index])
+  if isinstance(source, FolderSource):
+    return source.subset(index)
+  return dataclasses.replace(source, images=source.images[index],
+                             labels=source.labels[index])
 
 
 def take(source, n: int):
   """The first n examples of a source."""
   if isinstance(source, StreamSource):
     return source.take(n)
-  return ArraySource(source.images[:n], source.labels[:n])
+  if isinstance(source, FolderSource):
+    # Sorted files are grouped by class: a fixed spread, not the first n.
+    pick = np.sort(np.random.RandomState(0).permutation(len(source))[:n])
+    return source.subset(pick)
+  return dataclasses.replace(source, images=source.images[:n],
+                             labels=source.labels[:n])
 
 
 def label_classes(source) -> int:
@@ -269,13 +322,26 @@ def label_classes(source) -> int:
   count for TFDS splits, max label + 1 for arrays held in memory."""
   if isinstance(source, StreamSource):
     return source.builder.info.features['label'].num_classes
+  if isinstance(source, FolderSource):
+    return len(source.class_names)
+  if source.num_classes is not None:
+    return source.num_classes
   return int(source.labels.max()) + 1 if len(source) else 0
 
 
 def num_channels(source) -> int:
   if isinstance(source, StreamSource):
     return source.builder.info.features['image'].shape[-1]
+  if isinstance(source, FolderSource):
+    return source.channels
   return source.images.shape[-1]
+
+
+def describe(source, what: str) -> str:
+  """'training: 60000 images in 10 classes'-like words for the log."""
+  if isinstance(source, FolderSource):
+    return image_folder.describe(source, what)
+  return f'{what}: {len(source)} examples'
 
 
 def first_images(source, n: int) -> np.ndarray:
@@ -283,6 +349,11 @@ def first_images(source, n: int) -> np.ndarray:
   if isinstance(source, StreamSource):
     return np.stack([ex['image'] for ex in tfds.as_numpy(
         source.examples().take(n))])
+  if isinstance(source, FolderSource):
+    example = image_folder.decoded_example(
+        source, lambda g, k: tf.minimum(g + k, len(source) - 1))
+    ds = tf.data.Dataset.range(min(n, len(source))).interleave(example)
+    return [image for image, _ in ds.as_numpy_iterator()]
   return source.images[:n]
 
 
@@ -358,20 +429,35 @@ def augmented_dataset(source, *, views: dict[str, dict], global_batch: int,
                 deterministic=True)
   else:
     n = len(source)
-    images = tf.constant(source.images)
-    labels = tf.constant(source.labels)
+    if not n:
+      raise ValueError('The training split has no examples.')
 
-    def example(g):
-      index = tf.random.experimental.index_shuffle(
-          g % n, tf.stack([seed64, g // n]), n - 1)
-      return sample(tf.gather(images, index), tf.gather(labels, index), g)
+    def shuffled(g, k=0):
+      # The epoch's permutation; k > 0: the images after it (bad files).
+      return tf.random.experimental.index_shuffle(
+          (g + k) % n, tf.stack([seed64, g // n]), n - 1)
 
     positions = tf.data.Dataset.range(start_step, 2**62).flat_map(
         lambda step: tf.data.Dataset.range(step * global_batch + offset,
                                            step * global_batch + offset
                                            + local_batch))
-    ds = positions.map(example, num_parallel_calls=tf.data.AUTOTUNE,
-                       deterministic=True)
+    if isinstance(source, FolderSource):
+      example = image_folder.decoded_example(source, shuffled)
+      ds = positions.interleave(
+          lambda g: example(g).map(lambda image, label: sample(image, label,
+                                                               g)),
+          cycle_length=16, num_parallel_calls=tf.data.AUTOTUNE,
+          deterministic=True)
+    else:
+      images = tf.constant(source.images)
+      labels = tf.constant(source.labels)
+
+      def example(g):
+        index = shuffled(g)
+        return sample(tf.gather(images, index), tf.gather(labels, index), g)
+
+      ds = positions.map(example, num_parallel_calls=tf.data.AUTOTUNE,
+                         deterministic=True)
   # The batched ops run on chunks small enough to stay in a core's cache
   # (4 images at 224 px: 2x the rate of whole 64-image batches, measured in
   # docs/input_pipeline.md), then chunks are stacked into the local batch.
@@ -428,6 +514,9 @@ def eval_batches(source: ArraySource, *, global_batch: int, image_size: int,
   if isinstance(source, StreamSource):
     return _stream_eval_batches(source, local_batch, image_size, mean, std,
                                 crop_fraction, process_index, process_count)
+  if isinstance(source, FolderSource):
+    return _folder_eval_batches(source, global_batch, local_batch, offset,
+                                image_size, mean, std, crop_fraction)
   n = len(source)
   num_batches = -(-n // global_batch)
   padded = num_batches * global_batch
@@ -450,6 +539,50 @@ def eval_batches(source: ArraySource, *, global_batch: int, image_size: int,
   ds = tf.data.Dataset.from_tensor_slices((local, local_mask))
   ds = ds.map(prep, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
+
+
+def _folder_eval_batches(source, global_batch, local_batch, offset,
+                         image_size, mean, std, crop_fraction):
+  """As the in-memory case, one file at a time (sizes differ); a file that
+  cannot be decoded becomes padding (mask 0, logged and counted), so every
+  process still yields the same number of batches."""
+  n = len(source)
+  num_batches = max(-(-n // global_batch), 1)
+  index = np.arange(num_batches * global_batch).reshape(num_batches,
+                                                        global_batch)
+  local = index[:, offset:offset + local_batch].reshape(-1)
+  read = source.reader()
+  blank = {'image': tf.zeros([image_size, image_size, source.channels]),
+           'label': tf.constant(-1, tf.int32), 'mask': tf.constant(0.0)}
+
+  def real(i):
+    data, label, _ = read(i)
+    image = augment.eval_preprocess(source.decode(data), image_size,
+                                    crop_fraction)
+    image = tf.ensure_shape(image, [image_size, image_size, source.channels])
+    return {'image': augment.normalize(image, mean, std), 'label': label,
+            'mask': tf.constant(1.0)}
+
+  def padding(i):  # Past the end, or a file that failed to decode.
+    def note():
+      return tf.numpy_function(image_folder.note_unreadable, [read(i)[2]],
+                               tf.int64, stateful=True)
+    noted = tf.cond(i < n, note, lambda: tf.constant(0, tf.int64))
+    with tf.control_dependencies([noted]):
+      return tf.nest.map_structure(tf.identity, blank)
+
+  def one(i):
+    first = tf.data.Dataset.from_tensors(i).filter(lambda i: i < n)
+    return first.map(real).ignore_errors().concatenate(
+        tf.data.Dataset.from_tensors(i).map(padding)).take(1)
+
+  ds = tf.data.Dataset.from_tensor_slices(local)
+  if n:
+    ds = ds.interleave(one, cycle_length=16,
+                       num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  else:
+    ds = ds.map(lambda i: blank)
+  return ds.batch(local_batch).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
 
 
 def _stream_eval_batches(source, local_batch, image_size, mean, std,

@@ -276,9 +276,10 @@ class SSLNetwork(nn.Module):
     if predict and self.predictor is not None:
       out['prediction'] = self.predictor(proj, train=train)
     # Online probe (official BYOL "online accuracy"): no gradient reaches the
-    # encoder from the classification loss.
-    out['logits'] = nn.Dense(self.num_classes, name='probe')(
-        jax.lax.stop_gradient(emb))
+    # encoder from the classification loss. None without labels (0 classes).
+    if self.num_classes:
+      out['logits'] = nn.Dense(self.num_classes, name='probe')(
+          jax.lax.stop_gradient(emb))
     # Losses and diagnostics in float32 whatever the compute dtype (bf16
     # mixed precision keeps params, optimizer state, the EMA target and BN
     # statistics in float32 too: flax's param_dtype and BN reductions).

@@ -11,9 +11,10 @@ import time
 import jax
 from absl import logging
 
-from byol_jax import (checkpointing, console, diagnostics, input_pipeline,
-                      loop, metric_writer, networks, optim, parallel,
-                      run_length, train_step, validation)
+from byol_jax import (checkpointing, console, dataset_info, diagnostics,
+                      image_folder, input_pipeline, loop, metric_writer,
+                      networks, optim, parallel, run_length, train_step,
+                      validation)
 from byol_jax.evaluation import monitor
 
 
@@ -37,13 +38,23 @@ def train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
 def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
   start_time = time.time()
+  # The caller's config stays as given; this one gets the data's values.
+  config = config.copy_and_resolve_references()
   d = config.dataset
   train_source = input_pipeline.load_source(d, d.train_split)
   eval_source = input_pipeline.load_source(d, d.eval_split)
-  validation.validate_data(
-      d, input_pipeline.num_channels(train_source),
-      max(map(input_pipeline.label_classes, (train_source, eval_source))))
+  logging.info('%s; %s.', input_pipeline.describe(train_source, 'training'),
+               input_pipeline.describe(eval_source, 'evaluation'))
+  train_source, eval_source = dataset_info.resolve(d, train_source,
+                                                   eval_source)
   validation.validate_schedule(config, len(train_source))
+  labelled = d.num_classes > 0 and len(eval_source) > 0
+  if not labelled:
+    logging.warning(
+        'No labelled evaluation images (%s): the kNN monitor, the online '
+        'probe and the baselines are off; the collapse diagnostics still '
+        'run. For accuracies, give labelled images (class subfolders) in '
+        'dataset.path or dataset.eval_path.', d.path or d.name)
 
   num_steps = run_length.total_steps(config, len(train_source))
   steps_per_epoch = run_length.steps_per_epoch(config, len(train_source))
@@ -81,7 +92,7 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
   # Records past the restored step were of steps this run does again.
   writer = metric_writer.MetricWriter(workdir, resume_step=start_step)
   baselines = {}
-  if config.eval.baselines:
+  if config.eval.baselines and labelled:
     baselines.update(evaluator.raw_pixels())
     baselines.update({k.replace('eval/', 'random_init/'): v for k, v in
                       evaluator(init_variables).items() if 'knn' in k})
@@ -107,8 +118,9 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
   rng = parallel.replicate(jax.random.key(config.seed + 1), mesh)
   e = config.eval
   knn_every = loop.every(e.knn_every_steps, e.knn_every_epochs,
-                         steps_per_epoch)
-  probe_every = loop.every(0, e.probe_every_epochs, steps_per_epoch)
+                         steps_per_epoch) if labelled else 0
+  probe_every = (loop.every(0, e.probe_every_epochs, steps_per_epoch)
+                 if labelled else 0)
 
   curves = os.path.join(workdir, 'training_curves.png')
 
@@ -145,27 +157,35 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
         profile_dir=os.path.join(workdir, 'profile'),
         profile_steps=config.profile_steps)
     stop.raise_if_stopped(step)
-    final = evaluator(_online_variables(state))
+    final = evaluator(_online_variables(state)) if labelled else {}
     stop.raise_if_stopped(step)  # During the evaluation: the rerun evaluates again.
-    writer.write(step, final)
+    if final:
+      writer.write(step, final)
     writer.close()
     result = {**final, **baselines, 'step': step,
               'wall_time_s': time.time() - start_time}
-    metric_writer.write_result(workdir, f'knn_step{step}', {
-        'metrics': result, 'checkpoint_step': step,
-        'checkpoint_dir': checkpointing.checkpoint_dir(workdir),
-        'config': config.to_dict()})
+    if labelled:
+      metric_writer.write_result(workdir, f'knn_step{step}', {
+          'metrics': result, 'checkpoint_step': step,
+          'checkpoint_dir': checkpointing.checkpoint_dir(workdir),
+          'config': config.to_dict()})
   # After the result: a plot never fails a finished run.
   if jax.process_index() == 0:
     metric_writer.plot_curves(writer.path, curves)
   logging.info('Final: %s', _fmt(result))
+  if image_folder.unreadable_files():
+    logging.warning('%d unreadable image files were skipped (listed above); '
+                    'their places went to the next images of the shuffled '
+                    'order.', image_folder.unreadable_files())
   return result
 
 
 def _describe(summary) -> str:
-  return ('loss %.4f | probe %.3f | std %.4f (healthy %.4f)' % (
-      summary['loss'], summary['probe/train_top1'],
-      summary['collapse/normalized_std'], summary['collapse/healthy_std']))
+  probe = ('probe %.3f | ' % summary['probe/train_top1']
+           if 'probe/train_top1' in summary else '')
+  return ('loss %.4f | %sstd %.4f (healthy %.4f)' % (
+      summary['loss'], probe, summary['collapse/normalized_std'],
+      summary['collapse/healthy_std']))
 
 
 def _warn_on_collapse(step, summary) -> None:

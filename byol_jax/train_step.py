@@ -130,10 +130,13 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
                                 stop_gradient=loss_config.stop_gradient)
     else:
       raise ValueError(f'unknown loss {loss_config.name!r}')
+    aux = dict(stats=stats, t_stats=t_stats, ssl=ssl,
+               projection=out1['projection'])
+    if 'logits' not in out1:  # No labels: no probe.
+      return ssl, aux
     probe = (losses.probe_loss(out1['logits'], batch['label'])
              + losses.probe_loss(out2['logits'], batch['label'])) / 2
-    aux = dict(stats=stats, t_stats=t_stats, ssl=ssl, probe=probe,
-               logits=out1['logits'], projection=out1['projection'])
+    aux.update(probe=probe, logits=out1['logits'])
     return ssl + probe, aux
 
   grads, aux = jax.grad(loss_fn, has_aux=True)(state.online_params)
@@ -161,13 +164,14 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
     projection = jax.lax.all_gather(projection, axis_name, tiled=True)
   metrics = {
       'loss': aux['ssl'],
-      'probe/loss': aux['probe'],
-      'probe/train_top1': jnp.mean(
-          jnp.argmax(aux['logits'], -1) == labels).astype(jnp.float32),
       'lr': lr_schedule(state.step),
       'tau': tau if use_target else jnp.zeros(()),
       **diagnostics.collapse_metrics(projection),
   }
+  if 'logits' in aux:
+    metrics['probe/loss'] = aux['probe']
+    metrics['probe/train_top1'] = jnp.mean(
+        jnp.argmax(aux['logits'], -1) == labels).astype(jnp.float32)
   if axis_name is not None:
     # Also marks the (identical) global-batch diagnostics as replicated.
     metrics = jax.lax.pmean(metrics, axis_name)

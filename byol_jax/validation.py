@@ -2,7 +2,8 @@
 compiles, each failure a `ConfigError` that says what to change.
 
 `validate` (pretraining) and `validate_eval` (evaluations) check the config
-alone; `validate_data` and `validate_schedule` what needs the data read;
+alone; `validate_schedule` what needs the data read (the dataset fields
+themselves: `dataset_info.resolve`);
 `check_same_across_processes` that every host of a run got the same config.
 """
 
@@ -79,7 +80,7 @@ def validate(config, num_devices: int, num_processes: int = 1) -> None:
   check(config.target.init in ('independent', 'copy'),
         f"target.init={config.target.init!r}: use 'independent' or 'copy'.")
   _check_batch_sizes(check, config, num_devices, num_processes)
-  _check_dataset(check, config.dataset)
+  check_dataset(check, config.dataset)
   _check_eval(check, config.eval)
   _check_optimizer(check, config.optimizer)
   check(m.projection_dim >= 1 and all(h >= 1 for h in m.projector_hidden)
@@ -154,7 +155,7 @@ def validate_eval(config, mode: str, num_devices: int,
           f'eval.batch_size={size} must be a positive multiple of the '
           f'{num_devices} devices.')
   _check_eval(check, config.eval)
-  _check_dataset(check, config.dataset)
+  check_dataset(check, config.dataset)
   if errors:
     raise ConfigError('Invalid config:\n  - ' + '\n  - '.join(errors))
 
@@ -193,21 +194,41 @@ def _check_eval(check, e):
             f'eval.{name}={e[name]} must be >= 0 (0: off).')
 
 
-def _check_dataset(check, d):
-  check(isinstance(d.image_size, int) and d.image_size > 0,
-        f'dataset.image_size={d.image_size} must be a positive integer.')
-  check(isinstance(d.num_classes, int) and d.num_classes >= 1,
-        f'dataset.num_classes={d.num_classes} must be >= 1.')
-  check(len(d.mean) == len(d.std) == d.num_channels,
+def check_dataset(check, d, resolved: bool = False):
+  """The dataset fields; before the data is read, -1 (num_classes,
+  num_channels, image_size) and () (mean, std) mean "from the data"
+  (`dataset_info.resolve`), after it (`resolved`) every value is set."""
+  unset = lambda value, empty: not resolved and value == empty  # noqa: E731
+  check(unset(d.image_size, -1)
+        or (isinstance(d.image_size, int) and d.image_size > 0),
+        f'dataset.image_size={d.image_size} must be a positive integer (-1: '
+        'from the data).')
+  check(unset(d.num_classes, -1) or (isinstance(d.num_classes, int)
+                                     and d.num_classes >= 0),
+        f'dataset.num_classes={d.num_classes} must be >= 0 (0: no labels; '
+        '-1: from the data).')
+  check(unset(d.num_channels, -1) or d.num_channels in (1, 3),
+        f'dataset.num_channels={d.num_channels} must be 1 or 3 (-1: from the '
+        'data).')
+  stats_unset = not resolved and not len(d.mean) and not len(d.std)
+  check(stats_unset or (len(d.mean) == len(d.std) and d.num_channels in (
+      -1, len(d.mean))),
         f'dataset.mean has {len(d.mean)} and dataset.std {len(d.std)} values '
         f'for {d.num_channels} channels (dataset.num_channels): give one per '
-        'channel.')
+        'channel (or both () to take them from the data).')
   check(all(_finite(s) and s > 0 for s in d.std),
         f'dataset.std={tuple(d.std)} must be > 0 (it divides the pixels).')
   check(all(_finite(m) for m in d.mean),
         f'dataset.mean={tuple(d.mean)} must be finite.')
   check(0 < d.eval_crop_fraction <= 1,
         f'dataset.eval_crop_fraction={d.eval_crop_fraction} must be in (0, 1].')
+  check(d.labels in ('auto', 'folders', 'none'),
+        f"dataset.labels={d.labels!r}: use 'auto', 'folders' or 'none'.")
+  check(_finite(d.eval_holdout) and 0 <= d.eval_holdout < 1,
+        f'dataset.eval_holdout={d.eval_holdout} must be in [0, 1).')
+  check(not d.eval_path or d.path,
+        'dataset.eval_path is set without dataset.path (the training '
+        'folder); set both.')
 
 
 def _check_view(check, name, view):
@@ -239,21 +260,6 @@ def _check_optimizer(check, o):
         f'optimizer.weight_decay={o.weight_decay} must be >= 0.')
   check(_finite(o.momentum) and 0 <= o.momentum < 1,
         f'optimizer.momentum={o.momentum} must be in [0, 1).')
-
-
-def validate_data(dataset_config, channels: int, classes: int) -> None:
-  """The dataset fields against the data read (before compiling): channels
-  as the images have them, and at least as many classes as the labels
-  use (fewer would silently fold labels into wrong accuracies)."""
-  d = dataset_config
-  if channels != d.num_channels:
-    raise ConfigError(
-        f'dataset.num_channels={d.num_channels} but {d.name} images have '
-        f'{channels} channels; set --config.dataset.num_channels={channels}.')
-  if classes > d.num_classes:
-    raise ConfigError(
-        f'dataset.num_classes={d.num_classes} but {d.name} labels go up to '
-        f'{classes - 1}; set --config.dataset.num_classes={classes}.')
 
 
 def validate_schedule(config, num_train_examples: int) -> None:

@@ -149,17 +149,6 @@ def test_knn_evaluation_refuses_a_zero_eval_batch():
     validation.validate_eval(c, 'knn', num_devices=8)
 
 
-def test_dataset_fields_that_contradict_the_data_are_refused():
-  c = load('byol_fashion_mnist.py')
-  validation.validate_data(c.dataset, channels=1, classes=10)
-  with pytest.raises(validation.ConfigError,
-                     match='num_classes=10 but fashion_mnist labels go up to '
-                     '11; set --config.dataset.num_classes=12'):
-    validation.validate_data(c.dataset, channels=1, classes=12)
-  with pytest.raises(validation.ConfigError, match='num_channels=1 but'):
-    validation.validate_data(c.dataset, channels=3, classes=10)
-
-
 def test_warmup_longer_than_training_is_refused():
   c = load('byol_fashion_mnist.py')
   c.num_train_steps = 10

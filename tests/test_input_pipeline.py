@@ -15,7 +15,7 @@ V1, V2 = augment.preset('byol_small')
 def fmnist_config(idx_dir, source='auto'):
   return ml_collections.ConfigDict(dict(
       name='fashion_mnist', source=source, idx_dir=str(idx_dir), data_dir='',
-      download=False, in_memory=True))
+      download=False, in_memory=True, path=''))
 
 
 def test_read_idx_plain_and_gzipped(tmp_path):
@@ -52,7 +52,8 @@ def test_missing_tfds_dataset_is_a_clear_error(tmp_path):
 def test_tfds_source_under_mock_data():
   cfg = ml_collections.ConfigDict(dict(name='cifar10', source='auto',
                                        data_dir='', download=False,
-                                       idx_dir='/nonexistent', in_memory=True))
+                                       idx_dir='/nonexistent', in_memory=True,
+                                       path=''))
   with tfds.testing.mock_data(num_examples=40):
     src = ip.load_source(cfg, 'train')
   assert src.images.shape == (40, 32, 32, 3) and src.labels.shape == (40,)
@@ -142,7 +143,7 @@ def test_streamed_tfds_split_under_mock_data():
   """ImageNet-style lazy reading: every eval example once, exact resume."""
   cfg = ml_collections.ConfigDict(dict(
       name='cifar10', source='auto', data_dir='', download=False,
-      idx_dir='/nonexistent', in_memory=False))
+      idx_dir='/nonexistent', in_memory=False, path=''))
   common = dict(global_batch=8, seed=0, image_size=32, view1=V1, view2=V2,
                 mean=(0.5,) * 3, std=(0.25,) * 3, shuffle_buffer=64)
   with tfds.testing.mock_data(num_examples=21):
@@ -177,7 +178,7 @@ def test_subset_file_keeps_only_the_listed_examples_of_a_stream(tmp_path):
   batches too."""
   cfg = ml_collections.ConfigDict(dict(
       name='imagenet2012', source='auto', data_dir='', download=False,
-      idx_dir='/nonexistent', in_memory=False))
+      idx_dir='/nonexistent', in_memory=False, path=''))
   with tfds.testing.mock_data(num_examples=12):
     src = ip.load_source(cfg, 'train')
     examples = list(tfds.as_numpy(src.examples(decode=False)))

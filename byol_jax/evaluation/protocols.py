@@ -28,8 +28,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from byol_jax import (augment, checkpointing, classifier, console,
-                      input_pipeline, loop, metric_writer, networks, parallel,
-                      pretrained, run_length, train_step, validation)
+                      dataset_info, input_pipeline, loop, metric_writer,
+                      networks, parallel, pretrained, run_length, train_step,
+                      validation)
 from byol_jax.evaluation import features, knn, monitor
 
 
@@ -217,7 +218,16 @@ def run(config: Optional[ml_collections.ConfigDict], mode: str,
   validation.validate_eval(config, mode, jax.device_count(),
                            jax.process_count())
   validation.check_same_across_processes(config)
+  config = config.copy_and_resolve_references()
   d = config.dataset
+  pre = saved['dataset']
+  # Unset input fields: as the encoder was pretrained (its normalisation).
+  if d.num_channels == -1:
+    d.num_channels = pre['num_channels']
+  if d.image_size == -1:
+    d.image_size = pre['image_size']
+  if not len(d.mean) and not len(d.std):
+    d.mean, d.std = tuple(pre['mean']), tuple(pre['std'])
   if d.num_channels != saved['dataset']['num_channels']:
     raise validation.ConfigError(
         f'The encoder was pretrained on {saved["dataset"]["num_channels"]}-'
@@ -225,9 +235,13 @@ def run(config: Optional[ml_collections.ConfigDict], mode: str,
         f'({d.name}); evaluate on a dataset with the same channels.')
   train_source = input_pipeline.load_source(d, d.train_split)
   eval_source = input_pipeline.load_source(d, d.eval_split)
-  validation.validate_data(
-      d, input_pipeline.num_channels(train_source),
-      max(map(input_pipeline.label_classes, (train_source, eval_source))))
+  train_source, eval_source = dataset_info.resolve(d, train_source,
+                                                   eval_source)
+  if not d.num_classes or not len(eval_source):
+    raise validation.ConfigError(
+        f'--mode={mode} needs labelled training and evaluation images, and '
+        f'{d.path or d.name} has none: give a folder with class subfolders '
+        '(dataset.path, and dataset.eval_path or dataset.eval_holdout).')
   workdir = os.path.dirname(net.directory.rstrip('/'))
   name = result_name(config, mode, step)
   if random_init:

@@ -2,6 +2,9 @@ r"""Writes a PNG grid of originals and their two augmented views.
 
   python -m byol_jax.tools.show_augmentations \
       --config=configs/byol_fashion_mnist.py --out=views.png
+  # A folder of your own images:
+  python -m byol_jax.tools.show_augmentations \
+      --config=configs/byol_folder.py --config.dataset.path=/data/my_images
   # Any image file, with a 224-px config:
   python -m byol_jax.tools.show_augmentations \
       --config=configs/byol_imagenet.py --image=photo.jpg --out=views.png
@@ -19,7 +22,7 @@ from ml_collections import config_flags
 import numpy as np
 import tensorflow as tf
 
-from byol_jax import augment, console, input_pipeline
+from byol_jax import augment, console, dataset_info, input_pipeline
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
 _OUT = flags.DEFINE_string('out', 'views.png', 'Output PNG path.')
@@ -73,17 +76,23 @@ def save_grid(grid: np.ndarray, path: str, title: str) -> None:
 def main(argv):
   del argv
   config = _CONFIG.value
+  d = config.dataset
   if _IMAGE.value:
     image = tf.io.decode_image(tf.io.read_file(_IMAGE.value),
-                               channels=config.dataset.num_channels,
+                               channels=max(d.num_channels, 0),
                                expand_animations=False).numpy()
+    if d.image_size == -1:
+      d.image_size = int(np.clip(min(image.shape[:2]),
+                                 *dataset_info.IMAGE_SIZE_RANGE))
     images = np.stack([image] * _NUM.value)
     source = os.path.basename(_IMAGE.value)
   else:
-    data = input_pipeline.load_source(config.dataset,
-                                      config.dataset.train_split)
-    images = input_pipeline.first_images(data, _NUM.value)
-    source = f'{config.dataset.name}/{config.dataset.train_split}'
+    data = input_pipeline.load_source(d, d.train_split)
+    data, _ = dataset_info.resolve(d, data, data)  # Unset fields: the data's.
+    # A spread over the split (a folder lists its classes in order).
+    images = input_pipeline.first_images(
+        input_pipeline.take(data, min(_NUM.value, len(data))), _NUM.value)
+    source = d.path or f'{d.name}/{d.train_split}'
   grid = make_grid(images, config, seed=config.seed)
   save_grid(grid, _OUT.value,
             f'{source}, augment preset {config.augment.get("preset", "?")}')
