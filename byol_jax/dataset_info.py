@@ -23,7 +23,7 @@ from typing import Optional
 import numpy as np
 from absl import logging
 
-from byol_jax import input_pipeline, validation
+from byol_jax import image_folder, input_pipeline, validation
 from byol_jax.image_folder import FolderSource
 
 # Images a derived image size or mean/std is computed from: the first
@@ -54,9 +54,25 @@ def facts(source) -> Facts:
                h if h == w else None)
 
 
-def _sample_images(source, n: int = STATS_SAMPLE):
-  return input_pipeline.first_images(input_pipeline.take(source, n)
-                                     if n < len(source) else source, n)
+def _sample_shapes(source, n: int = STATS_SAMPLE):
+  """(height, width, grey) of the first n images of a fixed spread of
+  `source`, decoded one at a time (photos are never all held at once)."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  if n < len(source):
+    source = input_pipeline.take(source, n)
+  if isinstance(source, FolderSource):
+    example = image_folder.decoded_example(
+        source, lambda g, k: tf.minimum(g + k, len(source) - 1))
+    images = tf.data.Dataset.range(len(source)).interleave(
+        example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).map(
+            lambda image, label: image)
+  elif isinstance(source, input_pipeline.StreamSource):
+    images = source.examples().map(lambda ex: ex['image'])
+  else:
+    images = tf.data.Dataset.from_tensor_slices(source.images)
+  shapes = images.map(lambda x: (tf.shape(x)[0], tf.shape(x)[1], tf.reduce_all(
+      x[..., :1] == x)), num_parallel_calls=tf.data.AUTOTUNE)
+  return list(shapes.as_numpy_iterator())
 
 
 def resolve(d, train, evaluation):
@@ -76,13 +92,14 @@ def resolve(d, train, evaluation):
         f'classes; set --config.dataset.num_classes={classes} (or -1 to '
         'take it from the data).')
   sample = None
-  if d.num_channels == -1 or d.image_size == -1 or not len(d.mean):
-    sample = _sample_images(train)
+  if ((d.num_channels == -1 and f.num_channels is None)
+      or (d.image_size == -1 and f.image_size is None)):
+    sample = _sample_shapes(train)
   if d.num_channels == -1:
     if f.num_channels is not None:
       d.num_channels = f.num_channels
     else:
-      d.num_channels = 1 if all(_is_grey(x) for x in sample) else 3
+      d.num_channels = 1 if all(grey for _, _, grey in sample) else 3
     logging.info('dataset.num_channels=%d, from %s.', d.num_channels, name)
   elif f.num_channels is not None and f.num_channels != d.num_channels:
     raise validation.ConfigError(
@@ -93,7 +110,7 @@ def resolve(d, train, evaluation):
     if f.image_size is not None:
       d.image_size = f.image_size
     else:
-      side = int(np.median([min(x.shape[:2]) for x in sample]))
+      side = int(np.median([min(h, w) for h, w, _ in sample]))
       d.image_size = int(np.clip(side, *IMAGE_SIZE_RANGE))
     logging.info('dataset.image_size=%d, from %s.', d.image_size, name)
   if isinstance(train, FolderSource):  # Decoded to the settled channels.
@@ -111,11 +128,6 @@ def resolve(d, train, evaluation):
     raise validation.ConfigError('Invalid config:\n  - ' +
                                  '\n  - '.join(problems))
   return train, evaluation
-
-
-def _is_grey(image: np.ndarray) -> bool:
-  return image.shape[-1] == 1 or bool(
-      (image[..., :1] == image).all())
 
 
 def pixel_statistics(source, d) -> tuple[np.ndarray, np.ndarray]:
