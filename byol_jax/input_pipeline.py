@@ -17,6 +17,7 @@ therefore sees exactly the batches an uninterrupted run sees from step s on.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gzip
 import os
 import struct
@@ -487,18 +488,109 @@ def augment_chunk(local_batch: int, image_shape) -> int:
 
 def _stream_examples(source, seed, shuffle_buffer, start_step, global_batch,
                      local_batch, offset, process_index, process_count):
-  """(global position g, encoded example) pairs of a file-backed split:
-  files and examples shuffled with fixed seeds, so the order is a function of
-  the seed. Images stay encoded here, so the shuffle buffer holds bytes and
-  resuming skips the consumed records without decoding them."""
-  ds = source.examples(shuffle_seed=seed, process_index=process_index,
-                       process_count=process_count, decode=False)
-  ds = ds.repeat().shuffle(shuffle_buffer, seed=seed,
-                           reshuffle_each_iteration=True)
-  ds = ds.enumerate().skip(start_step * local_batch)
+  """(global position g, encoded example) pairs of a file-backed split, in
+  an order that is a function of (seed, epoch); images stay encoded here
+  (decoded in parallel after). Resuming costs at most one file plus one
+  shuffle window, whatever the step (`_positional_records`); a split whose
+  files cannot be addressed (not TFRecord, a file-name subset, mock data)
+  re-reads the consumed records instead."""
+  start = start_step * local_batch  # Examples this process has consumed.
+  files = _file_instructions(source, process_index, process_count)
+  if files is not None:
+    ds = _positional_records(source, files, seed, shuffle_buffer, start)
+  else:
+    ds = source.examples(shuffle_seed=seed, process_index=process_index,
+                         process_count=process_count, decode=False)
+    ds = ds.repeat().shuffle(shuffle_buffer, seed=seed,
+                             reshuffle_each_iteration=True).skip(start)
+  ds = ds.enumerate(start=start)
+
   def position(j, example):
     return (j // local_batch) * global_batch + offset + j % local_batch, example
   return ds.map(position)
+
+
+def _file_instructions(source, process_index, process_count):
+  """[(path, skip, take)] of this process's shard of the split (TFDS's
+  even split, remainder dropped), or None where records cannot be
+  addressed by file and offset."""
+  builder = source.builder
+  if (source.file_names is not None
+      or 'tfrecord' not in str(getattr(builder.info, 'file_format',
+                                       'tfrecord')).lower()):
+    return None
+  shard = tfds.even_splits(source.split, process_count,
+                           drop_remainder=True)[process_index]
+  try:
+    instructions = builder.info.splits[shard].file_instructions
+  except (KeyError, ValueError, AttributeError):
+    return None
+  files = [(str(f.filename), int(f.skip), int(f.take)) for f in instructions
+           if f.take]
+  if not files or not all(tf.io.gfile.exists(f) for f, _, _ in files[:1]):
+    return None
+  return files
+
+
+def _positional_records(source, files, seed, window, start):
+  """Endless encoded examples of this process's files; epoch e reads the
+  files in the order index_shuffle(., (seed, e)), each from its first
+  record, and permutes each run of `window` consecutive records with a
+  seed folded from (seed, e, window index) (as a shuffle buffer does,
+  but a function of the position). Example j of the stream is thus found
+  without reading the ones before it: epoch j // N, window
+  (j % N) // window; reading starts at that window's first record (at
+  most one file is skipped into) and drops the records of the window
+  before j."""
+  paths = tf.constant([f for f, _, _ in files])
+  skips = tf.constant([s for _, s, _ in files], tf.int64)
+  takes = tf.constant([n for _, _, n in files], tf.int64)
+  num_files = len(files)
+  n = sum(k for _, _, k in files)
+  window = max(1, min(window, n))
+  seed64 = tf.constant(seed, tf.int64)
+  parse = functools.partial(source.builder.info.features.deserialize_example,
+                            decoders={'image': tfds.decode.SkipDecoding()})
+
+  def epoch(e, first_window):
+    """Records of epoch e from window `first_window` on, windows permuted."""
+    order = tf.random.experimental.index_shuffle(
+        tf.range(num_files, dtype=tf.int64), tf.stack([seed64, e]),
+        num_files - 1)
+    counts = tf.gather(takes, order)
+    ends = tf.cumsum(counts)
+    begin = first_window * window  # Record of the epoch reading starts at.
+    k0 = tf.searchsorted(ends, tf.reshape(begin, [1]), side='right',
+                         out_type=tf.int64)[0]
+    into = begin - (ends[k0] - counts[k0])
+
+    def read(k):
+      f = tf.gather(order, k)
+      extra = tf.where(k == k0, into, tf.constant(0, tf.int64))
+      return tf.data.TFRecordDataset(tf.gather(paths, f)).skip(
+          tf.gather(skips, f) + extra).take(tf.gather(takes, f) - extra)
+
+    records = tf.data.Dataset.range(k0, num_files).flat_map(read)
+
+    def permute(w, batch):
+      key = tf.random.experimental.stateless_fold_in(
+          tf.stack([seed64, e]), w)
+      perm = tf.random.experimental.stateless_shuffle(
+          tf.range(tf.shape(batch, out_type=tf.int64)[0]), key)
+      return tf.gather(batch, perm)
+
+    # prefetch: the next window is read while this one is consumed.
+    return records.batch(window).prefetch(1).enumerate(
+        start=first_window).map(permute).unbatch()
+
+  e0, r0 = divmod(start, n)
+  first = epoch(tf.constant(e0, tf.int64), tf.constant(r0 // window,
+                                                        tf.int64))
+  first = first.skip(r0 % window)
+  rest = tf.data.Dataset.range(e0 + 1, 2**62).flat_map(
+      lambda e: epoch(e, tf.constant(0, tf.int64)))
+  return first.concatenate(rest).map(parse,
+                                     num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def eval_batches(source: ArraySource, *, global_batch: int, image_size: int,

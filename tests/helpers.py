@@ -96,3 +96,40 @@ def files(directory):
   """{path: bytes} of every file under `directory`."""
   return {p: p.read_bytes() for p in sorted(directory.rglob('*'))
           if p.is_file()}
+
+
+def build_tfds_dataset(data_dir, n_train=200, n_test=30, num_shards=10,
+                       image_size=8, num_classes=5):
+  """A TFDS dataset written by TFDS itself (GeneratorBasedBuilder,
+  `num_shards` TFRecord files per split): images of random pixels, labels
+  i % num_classes and an 'id' feature i (the example's number). Returns
+  the prepared builder."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+  class LocalImages(tfds.core.GeneratorBasedBuilder):
+    """Random images with known ids."""
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(
+          builder=self, features=tfds.features.FeaturesDict({
+              'image': tfds.features.Image(shape=(image_size, image_size, 3)),
+              'label': tfds.features.ClassLabel(num_classes=num_classes),
+              'id': np.int64}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {'train': self._generate_examples(n_train, 0),
+              'test': self._generate_examples(n_test, 1)}
+
+    def _generate_examples(self, n, seed):
+      rng = np.random.RandomState(seed)
+      for i in range(n):
+        yield i, {'image': rng.randint(0, 256, (image_size, image_size, 3)
+                                       ).astype(np.uint8),
+                  'label': i % num_classes, 'id': i}
+
+  builder = LocalImages(data_dir=str(data_dir))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(num_shards=num_shards))
+  return builder

@@ -7,7 +7,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from byol_jax import augment, input_pipeline as ip
-from helpers import write_fake_fashion_mnist, write_idx
+from helpers import build_tfds_dataset, write_fake_fashion_mnist, write_idx
 
 V1, V2 = augment.preset('byol_small')
 
@@ -162,6 +162,63 @@ def test_streamed_tfds_split_under_mock_data():
   assert stream[0]['view1'].shape == (8, 32, 32, 3)
   for k in resumed:
     np.testing.assert_array_equal(stream[3][k], resumed[k])
+
+
+@pytest.fixture(scope='module')
+def local_tfds(tmp_path_factory):
+  """A TFDS dataset built here: 200 training examples in 10 TFRecord
+  shards, each with its id."""
+  return build_tfds_dataset(tmp_path_factory.mktemp('tfds'), n_train=200,
+                            num_shards=10)
+
+
+def _ids(source, start_step, steps, process_index=0, process_count=1,
+         local_batch=10, window=16):
+  ds = ip._stream_examples(  # pylint: disable=protected-access
+      source, 7, window, start_step, local_batch * process_count,
+      local_batch, process_index * local_batch, process_index, process_count)
+  return [(int(g), int(ex['id'])) for g, ex in
+          ds.take(steps * local_batch).as_numpy_iterator()]
+
+
+def test_a_stream_resumes_by_position_at_epoch_boundaries_and_mid_epoch(
+    local_tfds):
+  """Every epoch of a process's stream is a new permutation of its shard
+  (TFDS's even split), the two processes' shards make up the split, and a
+  stream started at step s is the uninterrupted stream from step s, at an
+  epoch boundary (step 10 = 100 examples of a process) and inside an
+  epoch and a shuffle window (step 13, step 27)."""
+  source = ip.StreamSource(local_tfds, 'train', 200)
+  assert ip._file_instructions(source, 0, 2)  # pylint: disable=protected-access
+  whole = {p: _ids(source, 0, 32, p, 2) for p in (0, 1)}
+  for p in (0, 1):
+    ids = [i for _, i in whole[p]]
+    epochs = [ids[k:k + 100] for k in (0, 100, 200)]
+    assert all(sorted(e) == sorted(epochs[0]) for e in epochs)
+    assert len(set(epochs[0])) == 100
+    assert epochs[0] != epochs[1] != epochs[2]
+    assert epochs[0] != sorted(epochs[0])  # Shuffled, not file order.
+    # Global positions: process p holds slots p*10 .. p*10+9 of each batch.
+    assert [g for g, _ in whole[p][:12]] == (
+        list(range(p * 10, p * 10 + 10)) + [20 + p * 10, 21 + p * 10])
+  assert set(whole[0][j][1] for j in range(100)) | set(
+      whole[1][j][1] for j in range(100)) == set(range(200))
+  for step in (10, 13, 27):
+    for p in (0, 1):
+      assert _ids(source, step, 5, p, 2) == whole[p][step * 10:step * 10 + 50]
+
+
+def test_a_resumed_stream_gives_the_same_augmented_batches(local_tfds):
+  source = ip.StreamSource(local_tfds, 'train', 200)
+  common = dict(global_batch=8, seed=0, image_size=8, view1=V1, view2=V2,
+                mean=(0.5,) * 3, std=(0.25,) * 3, shuffle_buffer=24)
+  stream = list(ip.pretrain_dataset(source, **common).take(
+      30).as_numpy_iterator())
+  resumed = list(ip.pretrain_dataset(source, start_step=27,
+                                     **common).take(3).as_numpy_iterator())
+  for a, b in zip(stream[27:], resumed):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
 
 
 def test_augment_chunk_divides_the_batch_and_fits_the_cache_budget():
