@@ -245,7 +245,7 @@ def run(config: Optional[ml_collections.ConfigDict], mode: str,
   workdir = os.path.dirname(net.directory.rstrip('/'))
   name = result_name(config, mode, step)
   if random_init:
-    variables = _initial_variables(saved, mesh)
+    variables = initial_variables(saved, mesh)
     name = name.replace(f'_step{step}', '_random_init')
   if mode == 'knn':
     network = networks.build_network(net.model,
@@ -280,7 +280,7 @@ def run(config: Optional[ml_collections.ConfigDict], mode: str,
   return record
 
 
-def _initial_variables(saved: dict, mesh):
+def initial_variables(saved: dict, mesh):
   """The online network as the pretraining run initialised it (same seed
   and key split as train_step.init_state)."""
   saved = ml_collections.ConfigDict(saved)
