@@ -177,6 +177,25 @@ def _split_size(builder, split: str) -> int:
     return int(ds.reduce(0, lambda n, _: n + 1))
 
 
+def _builder(dataset_config):
+  """The TFDS builder of dataset.name: a registered name, or the folder of
+  a prepared dataset (the one holding dataset_info.json, e.g. written by
+  `tfds build` or tfds.folder_dataset), read with
+  tfds.builder_from_directory."""
+  name = dataset_config.name
+  if '/' not in name and not name.startswith('.'):
+    return tfds.builder(name, data_dir=dataset_config.data_dir or None)
+  if tf.io.gfile.exists(os.path.join(name, 'dataset_info.json')):
+    return tfds.builder_from_directory(name)
+  if tf.io.gfile.isdir(name):
+    raise DatasetNotFoundError(
+        f'dataset.name={name} is a folder but not a prepared TFDS dataset (no '
+        'dataset_info.json in it). For a folder of images use '
+        f'--config.dataset.path={name} (e.g. with configs/byol_folder.py); '
+        'for a TFDS dataset give the folder that holds its dataset_info.json.')
+  raise DatasetNotFoundError(f'dataset.name={name}: no such folder.')
+
+
 def load_source(dataset_config, split: str):
   """The split as an `ArraySource` (in memory) or a `StreamSource` (read
   lazily; `dataset.in_memory=False`, for ImageNet-scale data), or the
@@ -187,7 +206,7 @@ def load_source(dataset_config, split: str):
     return load_fashion_mnist_idx(dataset_config.idx_dir, split)
   name = dataset_config.name
   try:
-    builder = tfds.builder(name, data_dir=dataset_config.data_dir or None)
+    builder = _builder(dataset_config)
     if dataset_config.download:
       builder.download_and_prepare()
     if not dataset_config.in_memory:
@@ -195,6 +214,8 @@ def load_source(dataset_config, split: str):
     chunks = list(tfds.as_numpy(builder.as_dataset(split=split).batch(8192)))
     data = {k: np.concatenate([c[k] for c in chunks])
             for k in ('image', 'label')}
+  except DatasetNotFoundError:
+    raise  # Already says what to change.
   except (tfds.core.registered.DatasetNotFoundError, AssertionError,
           FileNotFoundError, KeyError, ValueError) as e:
     extra = ''

@@ -208,6 +208,24 @@ def test_a_stream_resumes_by_position_at_epoch_boundaries_and_mid_epoch(
       assert _ids(source, step, 5, p, 2) == whole[p][step * 10:step * 10 + 50]
 
 
+def test_a_prepared_tfds_folder_is_a_dataset_name(local_tfds, tmp_path):
+  """dataset.name may be the folder of a prepared TFDS dataset (read with
+  tfds.builder_from_directory); a folder of images is pointed at
+  dataset.path."""
+  cfg = ml_collections.ConfigDict(dict(
+      name=str(local_tfds.data_dir), source='auto', data_dir='',
+      download=False, idx_dir='/nonexistent', in_memory=False, path=''))
+  src = ip.load_source(cfg, 'train')
+  assert isinstance(src, ip.StreamSource) and len(src) == 200
+  assert ip.label_classes(src) == 5
+  cfg.in_memory = True
+  assert ip.load_source(cfg, 'test').images.shape == (30, 8, 8, 3)
+  cfg.name = str(tmp_path)
+  with pytest.raises(ip.DatasetNotFoundError,
+                     match=f'use --config.dataset.path={tmp_path}'):
+    ip.load_source(cfg, 'train')
+
+
 def test_a_resumed_stream_gives_the_same_augmented_batches(local_tfds):
   source = ip.StreamSource(local_tfds, 'train', 200)
   common = dict(global_batch=8, seed=0, image_size=8, view1=V1, view2=V2,
