@@ -289,3 +289,16 @@ def test_the_readme_command_trains_on_a_class_folder(tmp_path):
       cwd=ROOT, capture_output=True, text=True, env=cli_env(), timeout=600)
   assert r.returncode == 0, r.stderr[-3000:]
   assert Image.open(out).size[0] > 200
+  # An empty folder: one line saying where and what was looked for.
+  (tmp_path / 'empty').mkdir()
+  r = subprocess.run(
+      [sys.executable, '-m', 'byol_jax.main',
+       '--config=configs/byol_folder_small.py',
+       f'--config.dataset.path={tmp_path / "empty"}',
+       f'--workdir={tmp_path / "run2"}'],
+      cwd=ROOT, capture_output=True, text=True, env=cli_env(), timeout=600)
+  assert r.returncode == 1, r.stderr[-3000:]
+  assert 'Traceback' not in r.stderr
+  assert re.search(r'^Error: No images under .*empty: looked for files '
+                   r'ending in \.jpg', r.stderr, re.M), r.stderr[-2000:]
+  assert not (tmp_path / 'run2').exists()
