@@ -37,6 +37,12 @@ _IDX_FILES = {
 }
 
 
+# The label names of Fashion-MNIST (Xiao et al., 2017), in label order.
+FASHION_MNIST_CLASSES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress',
+                         'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag',
+                         'Ankle boot')
+
+
 class DatasetNotFoundError(console.UserError, FileNotFoundError):
   """The configured dataset cannot be read on this machine."""
 
@@ -357,6 +363,18 @@ def num_channels(source) -> int:
   if isinstance(source, FolderSource):
     return source.channels
   return source.images.shape[-1]
+
+
+def class_names(source, dataset_config) -> Optional[tuple[str, ...]]:
+  """The names of the labels where the data has them: class folders, TFDS
+  label names, Fashion-MNIST's; None otherwise."""
+  if isinstance(source, FolderSource):
+    return source.class_names or None
+  if isinstance(source, StreamSource):
+    return tuple(source.builder.info.features['label'].names) or None
+  if dataset_config.name == 'fashion_mnist':
+    return FASHION_MNIST_CLASSES
+  return None
 
 
 def describe(source, what: str) -> str:

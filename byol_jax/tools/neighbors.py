@@ -172,7 +172,7 @@ def main(argv):
               f'{len(score_labels)} eval images: ' + ', '.join(
                   f'{m} {100 * v:.1f}%' for m, v in shares.items()))
     print(title.replace('\n', '; '))
-  classes = getattr(train, 'class_names', None) or None
+  classes = input_pipeline.class_names(train, d)
   if jax.process_index() == 0:
     draw(_OUT.value, query_images, query_labels, bank_images, bank_labels,
          shown, k, title, classes)
