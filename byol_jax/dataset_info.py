@@ -61,11 +61,7 @@ def _sample_shapes(source, n: int = STATS_SAMPLE):
   if n < len(source):
     source = input_pipeline.take(source, n)
   if isinstance(source, FolderSource):
-    example = image_folder.decoded_example(
-        source, lambda g, k: tf.minimum(g + k, len(source) - 1))
-    images = tf.data.Dataset.range(len(source)).interleave(
-        example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).map(
-            lambda image, label: image)
+    images = image_folder.images_in_order(source)
   elif isinstance(source, input_pipeline.StreamSource):
     images = source.examples().map(lambda ex: ex['image'])
   else:

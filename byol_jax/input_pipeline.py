@@ -389,11 +389,8 @@ def first_images(source, n: int) -> np.ndarray:
   if isinstance(source, StreamSource):
     return np.stack([ex['image'] for ex in tfds.as_numpy(
         source.examples().take(n))])
-  if isinstance(source, FolderSource):
-    example = image_folder.decoded_example(
-        source, lambda g, k: tf.minimum(g + k, len(source) - 1))
-    ds = tf.data.Dataset.range(min(n, len(source))).interleave(example)
-    return [image for image, _ in ds.as_numpy_iterator()]
+  if isinstance(source, FolderSource):  # Sizes differ: a list.
+    return list(image_folder.images_in_order(source, n).as_numpy_iterator())
   return source.images[:n]
 
 
@@ -566,7 +563,7 @@ def _file_instructions(source, process_index, process_count):
     return None
   files = [(str(f.filename), int(f.skip), int(f.take)) for f in instructions
            if f.take]
-  if not files or not all(tf.io.gfile.exists(f) for f, _, _ in files[:1]):
+  if not files or not tf.io.gfile.exists(files[0][0]):
     return None
   return files
 
