@@ -8,7 +8,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 WORKDIR ?= runs/byol_fashion_mnist
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast test-slow test-torch setup data clean lock bench-input bench-step bench-device-augment bench-levers bench-conv bench-jpeg-crop
+.PHONY: demo test test-fast test-slow test-torch setup data clean lock bench-input bench-step bench-device-augment bench-levers bench-conv bench-jpeg-crop bench-compile-cache bench-accelerator
 
 demo: setup data
 	$(PY) -m byol_jax.main --config=configs/byol_fashion_mnist.py --workdir=$(WORKDIR)
@@ -79,6 +79,15 @@ bench-levers: setup
 
 bench-conv: setup
 	PYTHONPATH=. $(PY) benchmarks/conv_impl.py
+
+# A short demo run's wall time with the persistent compilation cache off,
+# empty and filled (what a resumed run's start saves).
+bench-compile-cache: setup data
+	PYTHONPATH=. $(PY) benchmarks/compile_cache.py
+
+# The one-shot GPU/TPU host benchmark (a markdown table; --tiny on CPU).
+bench-accelerator: setup
+	bash benchmarks/accelerator.sh
 
 # The official crop on JPEGs: decode each crop's window vs. decode once.
 bench-jpeg-crop: setup

@@ -32,14 +32,14 @@ from byol_jax import augment, device_augment, input_pipeline
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def rate_host(images, size, views, seconds, crop_only):
+def rate_host(images, size, views, seconds, crop_only, threads=1):
   source = input_pipeline.ArraySource(images, np.zeros(len(images), np.int32))
   ds = input_pipeline.pretrain_dataset(
       source, global_batch=64, seed=0, image_size=size, view1=views[0],
       view2=views[1], mean=MEAN, std=STD, crop_only=crop_only)
   options = tf.data.Options()
-  options.threading.private_threadpool_size = 1
-  options.autotune.cpu_budget = 1
+  options.threading.private_threadpool_size = threads
+  options.autotune.cpu_budget = threads
   it = ds.with_options(options).as_numpy_iterator()
   next(it)  # Trace.
   n, start = 0, time.perf_counter()

@@ -1,7 +1,7 @@
 """PyTorch reference of our BYOL / SimSiam train step, for benchmarks only.
 
-The same network (torchvision ResNet-18 with the small-image stem, or
-ResNet-50), heads (byol_jax.networks.HEAD_PRESETS), online linear probe on
+The same network (torchvision's ResNet-18 / ResNet-50 blocks, at our
+widths, with our stems), heads (byol_jax.networks.HEAD_PRESETS), online linear probe on
 detached features, loss, optimizer (LARS with biases / BatchNorm excluded
 from decay and adaptation, as optax.lars with our masks; SimSiam: SGD with
 momentum, coupled weight decay, fixed-LR predictor) and EMA target update.
@@ -22,12 +22,41 @@ from torch import nn
 BN_MOMENTUM = 0.1  # PyTorch convention: 1 - our 0.9 decay.
 
 
-def encoder(depth: int, stem: str) -> tuple[nn.Module, int]:
-  net = {18: torchvision.models.resnet18,
-         50: torchvision.models.resnet50}[depth]()
+class _ResNet(torchvision.models.resnet.ResNet):
+  """torchvision's ResNet with `base` channels in the first stage instead of
+  64 (and `in_channels` inputs): its own blocks, _make_layer and forward."""
+
+  def __init__(self, block, layers, base, in_channels):
+    nn.Module.__init__(self)  # pylint: disable=non-parent-init-called
+    self._norm_layer, self.dilation, self.groups = nn.BatchNorm2d, 1, 1
+    self.base_width, self.inplanes = 64, base
+    self.conv1 = nn.Conv2d(in_channels, base, 7, 2, 3, bias=False)
+    self.bn1, self.relu = nn.BatchNorm2d(base), nn.ReLU(inplace=True)
+    self.maxpool = nn.MaxPool2d(3, 2, 1)
+    self.layer1 = self._make_layer(block, base, layers[0])
+    self.layer2 = self._make_layer(block, 2 * base, layers[1], stride=2)
+    self.layer3 = self._make_layer(block, 4 * base, layers[2], stride=2)
+    self.layer4 = self._make_layer(block, 8 * base, layers[3], stride=2)
+    self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+    self.fc = nn.Linear(8 * base * block.expansion, 10)
+
+
+def encoder(depth: int, stem: str, width: float = 1.0,
+            in_channels: int = 3) -> tuple[nn.Module, int]:
+  """torchvision's ResNet-18/50 at `width` with our stems: 'imagenet',
+  'small' (3x3/1 conv, no pool) or 'small_pool' (3x3/1 conv, 3x3/2 pool)."""
+  resnet = torchvision.models.resnet
+  block, layers = {18: (resnet.BasicBlock, [2, 2, 2, 2]),
+                   50: (resnet.Bottleneck, [3, 4, 6, 3])}[depth]
+  base = int(64 * width)
+  net = _ResNet(block, layers, base, in_channels)
+  if stem in ('small', 'small_pool'):
+    net.conv1 = nn.Conv2d(in_channels, base, 3, 1, 1, bias=False)
   if stem == 'small':
-    net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
     net.maxpool = nn.Identity()
+  for m in net.modules():  # torchvision's initialisation.
+    if isinstance(m, nn.Conv2d):
+      nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
   dim = net.fc.in_features
   net.fc = nn.Identity()
   return net, dim
@@ -48,9 +77,9 @@ def mlp(d_in, hidden, out, hidden_bias, out_bias, out_bn):
 class Online(nn.Module):
 
   def __init__(self, depth, stem, head, proj_hidden, pred_hidden, out,
-               num_classes=10):
+               num_classes=10, width=1.0, in_channels=3):
     super().__init__()
-    self.encoder, dim = encoder(depth, stem)
+    self.encoder, dim = encoder(depth, stem, width, in_channels)
     byol = head == 'byol'
     self.projector = mlp(dim, proj_hidden, out, byol, byol, not byol)
     self.predictor = mlp(out, pred_hidden, out, byol, True, False)
@@ -100,10 +129,12 @@ class Step:
   """One training step of BYOL ('byol') or SimSiam ('simsiam')."""
 
   def __init__(self, method, depth, stem, proj_hidden, pred_hidden, out,
-               lr=0.2, weight_decay=1.5e-6, tau=0.99):
+               lr=0.2, weight_decay=1.5e-6, tau=0.99, width=1.0,
+               in_channels=3):
     head = 'byol' if method == 'byol' else 'simsiam'
     self.method, self.tau = method, tau
-    self.online = Online(depth, stem, head, proj_hidden, pred_hidden, out)
+    self.online = Online(depth, stem, head, proj_hidden, pred_hidden, out,
+                         width=width, in_channels=in_channels)
     for m in self.online.modules():
       if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
         m.momentum, m.eps = BN_MOMENTUM, 1e-5

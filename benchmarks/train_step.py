@@ -1,15 +1,17 @@
 r"""BYOL / SimSiam train-step throughput: byol_jax vs. a PyTorch reference of
 the same step (benchmarks/torch_reference.py), side by side in one run.
 
-  make bench-step                 # both cases, both methods
+  make bench-step                 # every case, both methods
   .venv-bench/bin/python benchmarks/train_step.py --cases=r18_32 --steps=3
-  .venv-bench/bin/python benchmarks/train_step.py --conv_impls=xla,matmul
+  .venv-bench/bin/python benchmarks/train_step.py --conv_impls=auto,xla,matmul
 
-`--conv_impls` times our step once per `model.conv_impl` ('xla': XLA's
-convolutions; 'matmul': networks.matmul_conv), each against the same
-PyTorch run.
+`--conv_impls` times our step once per `model.conv_impl` ('auto', the
+default: per layer shape the faster of the two below, as timed on this
+machine; 'xla': XLA's convolutions; 'matmul': networks.matmul_conv), each
+against the same PyTorch run.
 
-Cases: ResNet-18 with the small-image stem at 32x32, batch 256;
+Cases: the demo's network (ResNet-18 width 1/8, small_pool stem, 28x28x1,
+batch 64); ResNet-18 with the small-image stem at 32x32, batch 256;
 ResNet-50 at 224x224, batch 32. Each (framework, case, method) runs in its
 own child process on synthetic images (no input pipeline), all cores, and
 reports images/s over `--steps` timed steps after one warm-up step, the
@@ -30,15 +32,22 @@ import time
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 CASES = {
-    # name: (depth, stem, image size, batch)
-    'r18_32': (18, 'small', 32, 256),
-    'r50_224': (50, 'imagenet', 224, 32),
+    # name: (depth, stem, image size, batch, width, channels)
+    'r18_32': (18, 'small', 32, 256, 1.0, 3),
+    'r50_224': (50, 'imagenet', 224, 32, 1.0, 3),
+    # The demo's network (configs/byol_fashion_mnist.py) at its batch.
+    'demo': (18, 'small_pool', 28, 64, 0.125, 1),
 }
+# Timed steps: enough to be seconds long, not minutes (an R50 step on 2
+# CPU cores takes ~30-60 s).
+STEPS = {'demo': 20, 'r18_32': 3, 'r50_224': 2}
 HEADS = {  # (projector hidden, predictor hidden, output), our configs.
     ('byol', 'r18_32'): ((4096,), (4096,), 256),
     ('byol', 'r50_224'): ((4096,), (4096,), 256),
     ('simsiam', 'r18_32'): ((2048,), (512,), 2048),
     ('simsiam', 'r50_224'): ((2048, 2048), (512,), 2048),
+    ('byol', 'demo'): ((512,), (512,), 128),
+    ('simsiam', 'demo'): ((512,), (128,), 512),  # simsiam_fashion_mnist.py
 }
 
 
@@ -47,36 +56,41 @@ def _peak_rss_mb() -> float:
 
 
 def run_jax(case: str, method: str, steps: int,
-            conv_impl: str = 'xla') -> dict:
+            conv_impl: str = 'auto') -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from byol_jax import config_lib, networks, optim, parallel, train_step  # pylint: disable=g-import-not-at-top
+  from byol_jax import config_lib, conv_autotune, networks, optim, parallel, train_step  # pylint: disable=g-import-not-at-top
 
-  depth, stem, size, batch = CASES[case]
+  depth, stem, size, batch, width, channels = CASES[case]
   proj, pred, out = HEADS[(method, case)]
   c = config_lib.base_config()
   if method == 'simsiam':
     c = config_lib.simsiam_overrides(c)
-  c.model.update(dict(depth=depth, width=1.0, stem=stem,
+  c.model.update(dict(depth=depth, width=width, stem=stem,
                       projector_hidden=proj, predictor_hidden=pred,
                       projection_dim=out, conv_impl=conv_impl))
-  network = networks.build_network(c.model, 10,
-                                   bn_axis_name=parallel.AXIS)
+  # 'auto' times the convolutions as a run does (cached per machine); the
+  # first step below counts from here, as a run's start would.
+  t_start = time.perf_counter()
+  conv_plan = conv_autotune.plan(c.model, (size, size, channels), batch)
+  plan_s = time.perf_counter() - t_start
+  network = networks.build_network(c.model, 10, bn_axis_name=parallel.AXIS,
+                                   conv_plan=conv_plan)
   lr = optim.learning_rate_schedule(0.2, 1000, 0)
   optimizer = optim.with_probe_optimizer(
       optim.build_optimizer(c.optimizer, lr, 0.2), c.probe)
   mesh = parallel.make_mesh(jax.local_devices()[:1])
   state = parallel.replicate(train_step.init_state(
-      jax.random.key(0), network, optimizer, (size, size, 3),
+      jax.random.key(0), network, optimizer, (size, size, channels),
       use_target=c.target.use), mesh)
   step = train_step.make_train_step(
       mesh, network=network, optimizer=optimizer, lr_schedule=lr,
       tau_schedule=optim.tau_schedule(0.99, 1000), loss_config=c.loss)
   rng = np.random.RandomState(0)
   batch_ = parallel.shard_batch({
-      'view1': rng.randn(batch, size, size, 3).astype(np.float32),
-      'view2': rng.randn(batch, size, size, 3).astype(np.float32),
+      'view1': rng.randn(batch, size, size, channels).astype(np.float32),
+      'view2': rng.randn(batch, size, size, channels).astype(np.float32),
       'label': rng.randint(0, 10, batch).astype(np.int32)}, mesh)
   key = parallel.replicate(jax.random.key(1), mesh)
 
@@ -90,6 +104,7 @@ def run_jax(case: str, method: str, steps: int,
   state, metrics = compiled(state, batch_, key)
   jax.block_until_ready(metrics)
   first_s = compile_s + time.perf_counter() - t0
+  matmul_layers = len(conv_plan)
   t0 = time.perf_counter()
   for _ in range(steps):
     state, metrics = compiled(state, batch_, key)
@@ -105,6 +120,7 @@ def run_jax(case: str, method: str, steps: int,
   jax.block_until_ready(r)
   peak = 10 * 2 * 2048**3 / (time.perf_counter() - t0)
   return {'images_per_s': batch / dt, 'step_s': dt, 'first_step_s': first_s,
+          'conv_plan_s': plan_s, 'matmul_conv_shapes': matmul_layers,
           'peak_rss_mb': _peak_rss_mb(), 'gflop_per_step': flops / 1e9,
           'achieved_gflops': flops / dt / 1e9,
           'matmul_peak_gflops': peak / 1e9,
@@ -118,12 +134,13 @@ def run_torch(case: str, method: str, steps: int) -> dict:
 
   torch.set_num_threads(os.cpu_count())
   torch.manual_seed(0)
-  depth, stem, size, batch = CASES[case]
+  depth, stem, size, batch, width, channels = CASES[case]
   proj, pred, out = HEADS[(method, case)]
-  step = torch_reference.Step(method, depth, stem, proj, pred, out)
+  step = torch_reference.Step(method, depth, stem, proj, pred, out,
+                              width=width, in_channels=channels)
   g = torch.Generator().manual_seed(0)
-  v1 = torch.randn(batch, 3, size, size, generator=g)
-  v2 = torch.randn(batch, 3, size, size, generator=g)
+  v1 = torch.randn(batch, channels, size, size, generator=g)
+  v2 = torch.randn(batch, channels, size, size, generator=g)
   labels = torch.randint(0, 10, (batch,), generator=g)
   t0 = time.perf_counter()
   loss = step(v1, v2, labels)
@@ -136,7 +153,7 @@ def run_torch(case: str, method: str, steps: int) -> dict:
           'peak_rss_mb': _peak_rss_mb(), 'loss': float(loss)}
 
 
-def _child(framework, case, method, steps, python, conv_impl='xla') -> dict:
+def _child(framework, case, method, steps, python, conv_impl='auto') -> dict:
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
   env.pop('XLA_FLAGS', None)
   r = subprocess.run(
@@ -152,12 +169,14 @@ def _child(framework, case, method, steps, python, conv_impl='xla') -> dict:
 
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--cases', default='r18_32,r50_224')
+  p.add_argument('--cases', default='demo,r18_32,r50_224')
   p.add_argument('--methods', default='byol,simsiam')
-  p.add_argument('--steps', type=int, default=3)
-  p.add_argument('--conv_impls', default='xla',
-                 help="JAX convolution implementations to time: 'xla', "
-                 "'matmul' or both, comma-separated.")
+  p.add_argument('--steps', type=int, default=None,
+                 help='timed steps per line; default per case: '
+                 f'{STEPS}')
+  p.add_argument('--conv_impls', default='auto',
+                 help="model.conv_impl values to time, comma-separated: "
+                 "'auto' (the default config), 'xla', 'matmul'.")
   p.add_argument('--child', choices=['jax', 'torch'])
   args = p.parse_args()
   if args.child == 'jax':
@@ -167,19 +186,22 @@ def main():
   if args.child == 'torch':
     print(json.dumps(run_torch(args.cases, args.methods, args.steps)))
     return
-  print(f'{os.cpu_count()} CPU cores; {args.steps} timed steps after one '
-        'warm-up, synthetic images, one child process per line.\n')
+  from byol_jax import conv_autotune  # pylint: disable=g-import-not-at-top
+  print(f'{conv_autotune.machine()}; {args.steps or STEPS} timed steps after '
+        'one warm-up, synthetic images, one child process per line.\n')
   header = (f'{"case":9s} {"method":8s} {"conv":7s} {"JAX img/s":>10s} '
             f'{"torch img/s":>12s} {"ratio":>6s} {"JAX 1st s":>10s} '
-            f'{"torch 1st s":>12s} {"JAX MB":>8s} {"torch MB":>9s} '
+            f'{"torch 1st s":>12s} {"plan s":>7s} {"matmul":>7s} '
+            f'{"JAX MB":>8s} {"torch MB":>9s} '
             f'{"GFLOP/step":>11s} {"% matmul peak":>14s}')
   print(header)
   rows = []
   for case in args.cases.split(','):
+    steps = args.steps or STEPS[case]
     for method in args.methods.split(','):
-      t = _child('torch', case, method, args.steps, sys.executable)
+      t = _child('torch', case, method, steps, sys.executable)
       for conv_impl in args.conv_impls.split(','):
-        j = _child('jax', case, method, args.steps, sys.executable, conv_impl)
+        j = _child('jax', case, method, steps, sys.executable, conv_impl)
         ratio = j['images_per_s'] / t['images_per_s']
         rows.append({'case': case, 'method': method, 'conv_impl': conv_impl,
                      'jax': j, 'torch': t, 'ratio': ratio})
@@ -187,11 +209,15 @@ def main():
               f'{j["images_per_s"]:10.1f} '
               f'{t["images_per_s"]:12.1f} {ratio:6.2f} '
               f'{j["first_step_s"]:10.1f} {t["first_step_s"]:12.1f} '
+              f'{j["conv_plan_s"]:7.1f} {j["matmul_conv_shapes"]:7d} '
               f'{j["peak_rss_mb"]:8.0f} {t["peak_rss_mb"]:9.0f} '
               f'{j["gflop_per_step"]:11.1f} '
               f'{100 * j["achieved_gflops"] / j["matmul_peak_gflops"]:13.0f}%',
               flush=True)
-  print('\nratio = JAX images/s / PyTorch images/s (> 1: JAX faster).')
+  print('\nratio = JAX images/s / PyTorch images/s (> 1: JAX faster). '
+        "JAX 1st s: trace + compile + run of the first step; plan s: "
+        "model.conv_impl='auto' timing the convolutions (~0 once cached); "
+        'matmul: convolution shapes it gave to matmul_conv.')
   print(json.dumps(rows))
 
 

@@ -46,11 +46,13 @@ def head(num_classes: int) -> nn.Dense:
                   name='head')
 
 
-def encoder_from_model_config(model_config, axis_name: Optional[str] = AXIS
-                              ) -> networks.ResNet:
-  """The pretrained network's encoder (same depth, width, stem, dtype)."""
+def encoder_from_model_config(model_config, axis_name: Optional[str] = AXIS,
+                              conv_plan: tuple = ()) -> networks.ResNet:
+  """The pretrained network's encoder (same depth, width, stem, dtype;
+  `conv_plan`: see networks.ResNet)."""
   return networks.build_network(model_config, num_classes=1,
-                                bn_axis_name=axis_name).encoder
+                                bn_axis_name=axis_name,
+                                conv_plan=conv_plan).encoder
 
 
 def make_optimizer(opt_config, num_steps: int, batch_size: int

@@ -33,15 +33,41 @@ def _give_up(message: str) -> None:
 
 
 def setup() -> None:
-  """Quiets library logs; joins the multi-host cluster if --distributed."""
-  import jax  # pylint: disable=g-import-not-at-top
+  """Quiets library logs; joins the multi-host cluster if --distributed;
+  turns on the persistent compilation cache on CPU."""
   logging.get_absl_handler().addFilter(console.QuietLibraries())
-  if not _DISTRIBUTED.value:
+  if _DISTRIBUTED.value:
+    _join_cluster()
+  else:
     given = [f'--{f.name}' for f in (_COORDINATOR, _NUM_PROCESSES,
                                      _PROCESS_ID) if f.value is not None]
     if given:  # Otherwise the process would train alone, silently.
       raise app.UsageError(f'{", ".join(given)} need(s) --distributed.')
+  compilation_cache()
+
+
+def compilation_cache() -> None:
+  """On CPU, JAX's persistent compilation cache in the byol_jax cache folder
+  (`$BYOL_JAX_CACHE_DIR/xla`, default ~/.cache/byol_jax/xla), unless
+  JAX_COMPILATION_CACHE_DIR names another or JAX_ENABLE_COMPILATION_CACHE is
+  false: a resumed or repeated run loads its programs instead of compiling
+  them again (benchmarks/compile_cache.py). XLA's GPU/TPU compilations are
+  left as JAX configures them."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from byol_jax import conv_autotune  # pylint: disable=g-import-not-at-top
+  if (jax.config.jax_compilation_cache_dir
+      or not jax.config.jax_enable_compilation_cache
+      or jax.default_backend() != 'cpu'):
     return
+  path = os.path.join(conv_autotune.cache_dir(), 'xla')
+  jax.config.update('jax_compilation_cache_dir', path)
+  logging.info('Compiled programs are cached in %s (JAX_COMPILATION_CACHE_DIR '
+               'names another folder; JAX_ENABLE_COMPILATION_CACHE=false turns '
+               'it off).', path)
+
+
+def _join_cluster() -> None:
+  import jax  # pylint: disable=g-import-not-at-top
   where = (f'the coordinator at {_COORDINATOR.value}' if _COORDINATOR.value
            else 'the cluster (auto-detected)')
   logging.info('Joining %s as process %s of %s; waiting up to %d s for all '

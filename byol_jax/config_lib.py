@@ -47,9 +47,11 @@ def base_config() -> ml_collections.ConfigDict:
       depth=50, width=1.0, stem='imagenet', head='byol',
       projector_hidden=(4096,), predictor_hidden=(4096,), projection_dim=256,
       use_predictor=True, compute_dtype='float32',
-      # 'matmul': convolutions as one matmul over shifted patches
-      # (networks.matmul_conv): 2.2-2.5x faster ResNet steps on CPU.
-      conv_impl='xla',
+      # 'auto': on CPU each convolution shape runs XLA's convolution or
+      # networks.matmul_conv (one matmul over shifted patches), whichever
+      # was faster when timed on this machine (byol_jax.conv_autotune);
+      # XLA's on GPU/TPU. 'xla' / 'matmul' force one for every layer.
+      conv_impl='auto',
       # True: a projection shortcut in every stage's first block, as the
       # official BYOL ResNet (differs from torchvision for ResNet-18/34 only).
       official_shortcuts=False))

@@ -35,7 +35,9 @@ STEMS = ('imagenet', 'small', 'small_pool')
 BN_MOMENTUM = 0.9
 BN_EPSILON = 1e-5
 
-CONV_IMPLS = ('xla', 'matmul')
+# 'auto': each layer runs the implementation measured fastest for its shape
+# on this machine (byol_jax.conv_autotune); XLA's on GPU/TPU.
+CONV_IMPLS = ('auto', 'xla', 'matmul')
 
 
 def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -48,9 +50,9 @@ def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
   the channel axis, (N, Ho, Wo, kh*kw*Cin), and multiplied by the kernel
   reshaped to (kh*kw*Cin, Cout). Its backward pass is two matmuls plus pads
   and slices, which XLA's CPU backend runs up to 4.7x faster than its
-  convolution backward (64 channels at 32x32; ~1x at 512 channels, slower
-  at 8-16: benchmarks/conv_impl.py); the ResNet-18/50 BYOL steps run 2.2-2.5x
-  faster (docs/performance.md). It costs kh*kw times the input's memory.
+  convolution backward on some layers and CPUs and slower on others
+  (benchmarks/conv_impl.py): model.conv_impl='auto' times both per layer
+  shape (conv_autotune). It costs kh*kw times the input's memory.
   Same parameters as `nn.Conv`, so checkpoints move freely between the two.
   """
   del precision
@@ -81,12 +83,44 @@ def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
                     preferred_element_type=preferred_element_type)
 
 
-def conv_module(impl: str):
-  """`nn.Conv` computed by XLA's convolution ('xla') or `matmul_conv`."""
+def conv_signature(lhs_shape, rhs_shape, window_strides, padding,
+                   dtype) -> tuple:
+  """What decides a convolution's speed, the batch left out (a choice made
+  at the training batch also serves the evaluation batches): (H, W, Cin,
+  kh, kw, Cout, strides, explicit pads, dtype) of an NHWC x HWIO conv."""
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(lhs_shape[1:3], rhs_shape[:2],
+                                      window_strides, padding)
+  return (tuple(int(d) for d in lhs_shape[1:]),
+          tuple(int(d) for d in rhs_shape),
+          tuple(int(s) for s in window_strides),
+          tuple((int(lo), int(hi)) for lo, hi in padding),
+          jnp.dtype(dtype).name)
+
+
+def planned_conv(lhs, rhs, window_strides, padding, *args, plan=(),
+                 **kwargs):
+  """`lax.conv_general_dilated`, or `matmul_conv` where `plan` (pairs of
+  (`conv_signature`, 'xla' | 'matmul')) says so; shapes not in the plan run
+  XLA's."""
+  sig = conv_signature(lhs.shape, rhs.shape, window_strides, padding,
+                       lhs.dtype)
+  conv = (matmul_conv if dict(plan).get(sig) == 'matmul'
+          else jax.lax.conv_general_dilated)
+  return conv(lhs, rhs, window_strides, padding, *args, **kwargs)
+
+
+def conv_module(impl: str, plan: tuple = ()):
+  """`nn.Conv` computed by XLA's convolution ('xla'), `matmul_conv`
+  ('matmul') or, per layer shape, the one `plan` names ('auto')."""
   if impl not in CONV_IMPLS:
     raise ValueError(f'conv_impl={impl!r}: use one of {CONV_IMPLS}.')
-  if impl == 'xla':
+  if impl == 'xla' or (impl == 'auto' and not plan):
     return nn.Conv
+  if impl == 'auto':
+    return functools.partial(
+        nn.Conv, conv_general_dilated=functools.partial(planned_conv,
+                                                        plan=plan))
   return functools.partial(nn.Conv, conv_general_dilated=matmul_conv)
 
 
@@ -104,10 +138,12 @@ class BasicBlock(nn.Module):
   dtype: Any = jnp.float32
   conv_impl: str = 'xla'
   projection: bool = False
+  conv_plan: tuple = ()
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(conv_module(self.conv_impl), use_bias=False,
+    conv = functools.partial(conv_module(self.conv_impl, self.conv_plan),
+                             use_bias=False,
                              padding='SAME',
                              kernel_init=conv_init, dtype=self.dtype)
     residual = x
@@ -130,10 +166,12 @@ class BottleneckBlock(nn.Module):
   dtype: Any = jnp.float32
   conv_impl: str = 'xla'
   projection: bool = False
+  conv_plan: tuple = ()
 
   @nn.compact
   def __call__(self, x):
-    conv = functools.partial(conv_module(self.conv_impl), use_bias=False,
+    conv = functools.partial(conv_module(self.conv_impl, self.conv_plan),
+                             use_bias=False,
                              padding='SAME',
                              kernel_init=conv_init, dtype=self.dtype)
     residual = x
@@ -159,8 +197,10 @@ class ResNet(nn.Module):
       'small' (3x3/1 conv, no pool; the CIFAR-style stem for 28-32 px inputs)
       or 'small_pool' (3x3/1 conv + 3x3/2 max-pool: stage 1 at half the
       input side, 4x fewer FLOPs than 'small'; the CPU demo's stem).
-    conv_impl: 'xla' (lax.conv_general_dilated) or 'matmul' (`matmul_conv`,
-      faster on CPU for most layers; same parameters and outputs).
+    conv_impl: 'xla' (lax.conv_general_dilated), 'matmul' (`matmul_conv`;
+      same parameters and outputs) or 'auto': per layer shape, what
+      `conv_plan` names (`conv_autotune.plan` measures it; XLA's without).
+    conv_plan: pairs of (`conv_signature`, 'xla' | 'matmul') for 'auto'.
     official_shortcuts: a projection shortcut (1x1 conv + BatchNorm) in the
       first block of every stage, as the official BYOL ResNet (Haiku's
       BlockGroup: use_projection for block 0); False (torchvision's layout)
@@ -174,6 +214,7 @@ class ResNet(nn.Module):
   bn_axis_name: Optional[str] = None
   dtype: Any = jnp.float32
   conv_impl: str = 'xla'
+  conv_plan: tuple = ()
   official_shortcuts: bool = False
 
   @property
@@ -192,7 +233,7 @@ class ResNet(nn.Module):
     if base < 1:
       raise ValueError(f'width={self.width} gives no channels; use >= 1/64.')
     x = x.astype(self.dtype)
-    conv = conv_module(self.conv_impl)
+    conv = conv_module(self.conv_impl, self.conv_plan)
     if self.stem == 'imagenet':
       x = conv(base, (7, 7), (2, 2), padding='SAME', use_bias=False,
                   kernel_init=conv_init, dtype=self.dtype, name='stem_conv')(x)
@@ -212,6 +253,7 @@ class ResNet(nn.Module):
         x = block_cls(base * 2**i, strides, norm, self.dtype, self.conv_impl,
                       projection=reshapes or (j == 0
                                               and self.official_shortcuts),
+                      conv_plan=self.conv_plan,
                       name=f'stage{i + 1}_block{j + 1}')(x)
     return jnp.mean(x, axis=(1, 2)).astype(jnp.float32)
 
@@ -287,24 +329,29 @@ class SSLNetwork(nn.Module):
 
 
 def build_encoder(model_config, bn_axis_name: Optional[str] = None,
-                  compute_dtype: Optional[str] = None) -> ResNet:
+                  compute_dtype: Optional[str] = None,
+                  conv_plan: tuple = ()) -> ResNet:
   """The ResNet described by `config.model`, computing in `compute_dtype`
-  (default: the config's). Saved configs of older runs may lack the newer
-  fields: their defaults apply."""
+  (default: the config's), its convolutions per `conv_plan` where
+  conv_impl='auto'. Saved configs of older runs may lack the newer fields:
+  their defaults apply (conv_impl 'xla' for those that predate it)."""
   compute_dtype = compute_dtype or model_config.get('compute_dtype', 'float32')
   return ResNet(depth=model_config.depth, width=model_config.width,
                 stem=model_config.stem, bn_axis_name=bn_axis_name,
                 dtype=jnp.dtype(compute_dtype),
                 conv_impl=model_config.get('conv_impl', 'xla'),
+                conv_plan=tuple(conv_plan),
                 official_shortcuts=model_config.get('official_shortcuts',
                                                     False))
 
 
 def build_network(model_config, num_classes: int,
-                  bn_axis_name: Optional[str] = None) -> SSLNetwork:
-  """Builds the network described by `config.model`."""
+                  bn_axis_name: Optional[str] = None,
+                  conv_plan: tuple = ()) -> SSLNetwork:
+  """Builds the network described by `config.model` (`conv_plan`: see
+  `ResNet`)."""
   dtype = jnp.dtype(model_config.get('compute_dtype', 'float32'))
-  encoder = build_encoder(model_config, bn_axis_name)
+  encoder = build_encoder(model_config, bn_axis_name, conv_plan=conv_plan)
   proj_kw, pred_kw = HEAD_PRESETS[model_config.head]
   projector = MLPHead(hidden=tuple(model_config.projector_hidden),
                       out=model_config.projection_dim,

@@ -11,10 +11,10 @@ import time
 import jax
 from absl import logging
 
-from byol_jax import (checkpointing, console, dataset_info, diagnostics,
-                      image_folder, input_pipeline, loop, metric_writer,
-                      networks, optim, parallel, run_length, train_step,
-                      validation)
+from byol_jax import (checkpointing, console, conv_autotune, dataset_info,
+                      diagnostics, image_folder, input_pipeline, loop,
+                      metric_writer, networks, optim, parallel, run_length,
+                      train_step, validation)
 from byol_jax.evaluation import monitor
 
 
@@ -65,13 +65,18 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
       peak_lr, num_steps, run_length.warmup_steps(config, len(train_source)))
   tau_schedule = optim.tau_schedule(config.target.tau_base, num_steps,
                                     config.target.schedule)
+  image_shape = (d.image_size, d.image_size, d.num_channels)
+  # Each view runs through the encoder on its own (per-view BatchNorm), at
+  # the per-device batch: the shapes model.conv_impl='auto' times.
+  conv_plan = conv_autotune.plan(config.model, image_shape,
+                                 config.batch_size // jax.device_count())
   network = networks.build_network(config.model, d.num_classes,
-                                   bn_axis_name=parallel.AXIS)
+                                   bn_axis_name=parallel.AXIS,
+                                   conv_plan=conv_plan)
   optimizer = optim.with_probe_optimizer(
       optim.build_optimizer(config.optimizer, lr_schedule, peak_lr),
       config.probe)
   mesh = parallel.make_mesh()
-  image_shape = (d.image_size, d.image_size, d.num_channels)
 
   manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
   state = train_step.init_state(

@@ -17,6 +17,9 @@ _XLA_CACHE = tempfile.mkdtemp(prefix='byol_jax_test_xla_cache_')
 atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 os.environ['JAX_COMPILATION_CACHE_DIR'] = _XLA_CACHE
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
+# model.conv_impl='auto' caches its convolution timings per machine: one
+# fresh cache per session too (shared by the processes the tests start).
+os.environ['BYOL_JAX_CACHE_DIR'] = os.path.join(_XLA_CACHE, 'byol_jax')
 
 import chex  # noqa: E402
 import jax  # noqa: E402

@@ -28,7 +28,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from byol_jax import (augment, checkpointing, classifier, console,
-                      dataset_info, input_pipeline, loop, metric_writer,
+                      conv_autotune, dataset_info, input_pipeline, loop, metric_writer,
                       networks, parallel, pretrained, run_length, train_step,
                       validation)
 from byol_jax.evaluation import features, knn, monitor
@@ -255,7 +255,14 @@ def run(config: Optional[ml_collections.ConfigDict], mode: str,
     metrics = {k.split('/', 1)[1]: v for k, v in evaluator(variables).items()
                if 'knn' in k}
   else:
-    encoder = classifier.encoder_from_model_config(net.model)
+    # Fine-tuning trains the encoder: its convolutions as model.conv_impl
+    # says ('auto': timed at this batch). The linear protocol only runs it
+    # forward, where XLA's convolutions hold their own on CPU.
+    conv_plan = () if mode == 'linear' else conv_autotune.plan(
+        net.model, (d.image_size, d.image_size, d.num_channels),
+        config.batch_size // jax.device_count())
+    encoder = classifier.encoder_from_model_config(net.model,
+                                                   conv_plan=conv_plan)
     encoder_variables = {'params': variables['params']['encoder'],
                          'batch_stats': variables['batch_stats']['encoder']}
     protocol = linear_eval if mode == 'linear' else finetune

@@ -1,0 +1,246 @@
+"""model.conv_impl='auto': each convolution shape runs the implementation
+that is faster on the machine the run is on.
+
+On CPU, XLA's convolution and `networks.matmul_conv` (one matmul over the
+kernel's shifted slices) win on different layers, and which one wins
+depends on the CPU: matmul convolutions made a width-1/4 ResNet-18 step
+1.18-1.31x faster on one x86 CPU and 0.71x on an AMD EPYC (Zen 4), while
+on that EPYC they still pay at width 1 (docs/performance.md). So no fixed
+rule: `plan` finds the network's convolution shapes (from the traced
+forward pass), times forward + backward of each with both implementations
+at the run's per-device batch, and keeps the faster. The choices are cached
+per machine (CPU model, usable cores, JAX and jaxlib versions) in
+`$BYOL_JAX_CACHE_DIR` (default `~/.cache/byol_jax`) so a later run starts
+at once; each choice is logged. On GPU/TPU the vendor convolutions are the
+fast path: XLA's, untimed. In a multi-process run process 0 decides and
+the others take its plan, so every process compiles the same program.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from typing import Callable, Iterator, Optional
+
+from absl import logging
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from byol_jax import networks
+
+IMPLS = ('xla', 'matmul')
+# matmul_conv must be this much faster to be chosen: within it, the two are
+# a tie on a noisy machine, and XLA's uses less memory (no kh*kw patches).
+MARGIN = 0.97
+_CACHE_VERSION = 1
+
+
+def cache_dir() -> str:
+  return os.environ.get('BYOL_JAX_CACHE_DIR') or os.path.join(
+      os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'),
+      'byol_jax')
+
+
+def machine() -> str:
+  """What the timings depend on: CPU model, usable cores, JAX versions."""
+  model = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      for line in f:
+        if line.startswith('model name'):
+          model = line.split(':', 1)[1].strip()
+          break
+  except OSError:
+    pass
+  try:
+    cores = len(os.sched_getaffinity(0))
+  except AttributeError:
+    cores = os.cpu_count()
+  import jaxlib  # pylint: disable=g-import-not-at-top
+  return (f'{model}, {cores} cores, jax {jax.__version__}, jaxlib '
+          f'{jaxlib.__version__}')
+
+
+def _subjaxprs(params) -> Iterator:
+  for v in params.values():
+    for x in (v if isinstance(v, (tuple, list)) else (v,)):
+      if hasattr(x, 'eqns'):
+        yield x
+      elif hasattr(getattr(x, 'jaxpr', None), 'eqns'):
+        yield x.jaxpr
+
+
+def _convs(jaxpr) -> Iterator[tuple]:
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'conv_general_dilated':
+      lhs, rhs = (v.aval for v in eqn.invars)
+      p = eqn.params
+      nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                            ('NHWC', 'HWIO', 'NHWC'))
+      if (p['dimension_numbers'] == nhwc and p['feature_group_count'] == 1
+          and p['batch_group_count'] == 1
+          and set(p['lhs_dilation']) | set(p['rhs_dilation']) <= {1}):
+        yield lhs.shape, rhs.shape, p['window_strides'], p['padding'], \
+            lhs.dtype
+    for sub in _subjaxprs(eqn.params):
+      yield from _convs(sub)
+
+
+def conv_shapes(encoder: networks.ResNet, image_shape, batch: int
+                ) -> list[tuple]:
+  """The distinct (lhs shape, rhs shape, strides, pads, dtype) of the
+  encoder's convolutions at `batch`, in network order (read from the traced
+  forward pass, so it is exactly what the network runs)."""
+  x = jax.ShapeDtypeStruct((batch, *image_shape), jnp.float32)
+  xla = encoder.clone(conv_impl='xla', conv_plan=())
+  jaxpr = jax.make_jaxpr(
+      lambda x: xla.init(jax.random.key(0), x, train=True))(x)
+  seen, out = set(), []
+  for conv in _convs(jaxpr.jaxpr):
+    sig = networks.conv_signature(*conv)
+    if sig not in seen:
+      seen.add(sig)
+      out.append(conv)
+  return out
+
+
+def seconds_per_call(conv: Callable, lhs_shape, rhs_shape, strides, padding,
+                     dtype, repeats: int = 3, budget_s: float = 1.0
+                     ) -> float:
+  """Median seconds of jit(grad(sum(conv(x, w)**2))) w.r.t. x and w: one
+  convolution's forward and backward, after a warm-up call; fewer repeats
+  (at least one) once `budget_s` is spent."""
+  def loss(x, w):
+    y = conv(x, w, strides, padding,
+             dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    return jnp.sum(jnp.square(y.astype(jnp.float32)))
+  step = jax.jit(jax.grad(loss, argnums=(0, 1)))
+  x = jax.random.normal(jax.random.key(0), lhs_shape, dtype)
+  w = (jax.random.normal(jax.random.key(1), rhs_shape, dtype) * 0.1
+       ).astype(dtype)
+  jax.block_until_ready(step(x, w))  # Compile and warm up.
+  times, spent = [], 0.0
+  while len(times) < repeats and (not times or spent < budget_s):
+    t0 = time.perf_counter()
+    jax.block_until_ready(step(x, w))
+    times.append(time.perf_counter() - t0)
+    spent += times[-1]
+  return statistics.median(times)
+
+
+def describe(conv) -> str:
+  (n, h, w, cin), (kh, kw, _, cout), (s, _), _, dtype = conv
+  return (f'b{n} {h}x{w} {cin}->{cout} {kh}x{kw}/{s}'
+          + ('' if jnp.dtype(dtype) == jnp.float32 else f' {dtype}'))
+
+
+def _key(conv) -> str:
+  lhs, rhs, strides, pads, dtype = conv
+  return json.dumps([list(lhs), list(rhs), list(strides),
+                     [list(p) for p in pads], jnp.dtype(dtype).name])
+
+
+def _read_cache(path: str) -> dict:
+  """The cache file's entries for this machine; {} for a missing, foreign
+  or damaged file (it is only a cache: a bad one costs a re-measurement)."""
+  try:
+    with open(path) as f:
+      data = json.load(f)
+    entries = data['machines'][machine()]
+    if data.get('version') != _CACHE_VERSION or not isinstance(entries,
+                                                                dict):
+      return {}
+    return {k: v for k, v in entries.items()
+            if isinstance(v, dict) and v.get('impl') in IMPLS}
+  except (OSError, ValueError, KeyError, TypeError):
+    return {}
+
+
+def _write_cache(path: str, new: dict) -> None:
+  """Adds `new` to the file's entries for this machine, atomically (a
+  concurrent run sees the old file or the new one, never half of one)."""
+  try:
+    with open(path) as f:
+      data = json.load(f)
+    if (data.get('version') != _CACHE_VERSION
+        or not isinstance(data.get('machines'), dict)):
+      raise ValueError
+  except (OSError, ValueError, AttributeError):
+    data = {'version': _CACHE_VERSION, 'machines': {}}
+  # Other machines' entries stay as they are; this one's keep what is valid.
+  data['machines'][machine()] = dict(_read_cache(path), **new)
+  try:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.tmp')
+    with os.fdopen(fd, 'w') as f:
+      json.dump(data, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+  except OSError as e:  # A read-only home: measure again next time.
+    logging.warning('Could not save the convolution timings to %s (%s).',
+                    path, e)
+
+
+def measure(convs: list[tuple], path: Optional[str] = None) -> dict:
+  """{conv: {'impl', 'xla_ms', 'matmul_ms', 'cached'}}: from the cache file,
+  or timed now (and added to it)."""
+  path = path or os.path.join(cache_dir(), 'conv_impl.json')
+  cached = _read_cache(path)
+  out, new = {}, {}
+  for conv in convs:
+    entry = cached.get(_key(conv))
+    if entry is None:
+      ms = {impl: 1e3 * seconds_per_call(
+          networks.matmul_conv if impl == 'matmul'
+          else jax.lax.conv_general_dilated, *conv) for impl in IMPLS}
+      entry = {'impl': ('matmul' if ms['matmul'] < MARGIN * ms['xla']
+                        else 'xla'),
+               'xla_ms': round(ms['xla'], 3),
+               'matmul_ms': round(ms['matmul'], 3)}
+      new[_key(conv)] = entry
+    out[conv] = dict(entry, cached=_key(conv) not in new)
+  if new:
+    _write_cache(path, new)
+  return out
+
+
+def plan(model_config, image_shape, batch: int,
+         path: Optional[str] = None) -> tuple:
+  """The `networks.ResNet.conv_plan` for `model_config` at per-device
+  `batch` and `image_shape` (H, W, C): () unless conv_impl is 'auto' on a
+  CPU backend. Every process must call it (process 0's plan is used)."""
+  if model_config.get('conv_impl', 'xla') != 'auto':
+    return ()
+  if jax.default_backend() != 'cpu':
+    logging.info("model.conv_impl='auto' on %s: XLA's convolutions.",
+                 jax.default_backend())
+    return ()
+  encoder = networks.build_encoder(model_config)
+  convs = conv_shapes(encoder, tuple(image_shape), batch)
+  choices = {}
+  if jax.process_index() == 0:
+    choices = measure(convs, path)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    bits = np.array([choices.get(c, {}).get('impl') == 'matmul'
+                     for c in convs], np.int32)
+    bits = np.asarray(multihost_utils.broadcast_one_to_all(bits))
+    impls = ['matmul' if b else 'xla' for b in bits]
+  else:
+    impls = [choices[c]['impl'] for c in convs]
+  if choices:
+    fresh = sum(not v['cached'] for v in choices.values())
+    logging.info(
+        "model.conv_impl='auto': matmul_conv for %d of %d convolution "
+        'shapes on %s (%s; %s):\n%s', impls.count('matmul'), len(convs),
+        machine(), 'timed now' if fresh else 'timed in an earlier run',
+        path or os.path.join(cache_dir(), 'conv_impl.json'),
+        '\n'.join(f'  {describe(c):28s} xla {choices[c]["xla_ms"]:8.2f} ms  '
+                  f'matmul {choices[c]["matmul_ms"]:8.2f} ms -> {i}'
+                  for c, i in zip(convs, impls)))
+  return tuple((networks.conv_signature(*c), i)
+               for c, i in zip(convs, impls) if i == 'matmul')
