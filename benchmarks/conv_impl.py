@@ -53,6 +53,8 @@ def seconds_per_call(conv, x, w, stride, repeats):
 
 
 def main():
+  from byol_jax import conv_autotune  # pylint: disable=g-import-not-at-top
+  print(f'Measured on {conv_autotune.machine()}.')
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--shapes', default='demo,r18_32,r50_224',
                  help=f'comma-separated, from {sorted(SHAPES)}')

@@ -62,6 +62,8 @@ def images_per_second(batch: int, overrides: dict, steps: int = 15) -> float:
 
 
 def main(args):
+  from byol_jax import conv_autotune  # pylint: disable=g-import-not-at-top
+  print(f'Measured on {conv_autotune.machine()}.')
   first = None
   print(f'{"case":34s}{"img/s":>8s}{"vs first":>10s}')
   for arg in args or DEFAULT:

@@ -68,6 +68,8 @@ def rate_device(size, views, seconds, batch=64):
 
 
 def main():
+  from byol_jax import conv_autotune  # pylint: disable=g-import-not-at-top
+  print(f'Measured on {conv_autotune.machine()}.')
   parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   parser.add_argument('--seconds', type=float, default=10.0)
   args = parser.parse_args()

@@ -65,6 +65,8 @@ def _rate(jpegs, partial: bool, size: int, seconds: float) -> float:
 
 
 def main():
+  from byol_jax import conv_autotune  # pylint: disable=g-import-not-at-top
+  print(f'Measured on {conv_autotune.machine()}.')
   parser = argparse.ArgumentParser()
   parser.add_argument('--seconds', type=float, default=5.0)
   parser.add_argument('--rounds', type=int, default=3)

@@ -118,6 +118,8 @@ def encoder_rates(args):
 
 
 def main():
+  from byol_jax import conv_autotune  # pylint: disable=g-import-not-at-top
+  print(f'Measured on {conv_autotune.machine()}.')
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--width', type=float, default=0.25)
   p.add_argument('--batch', type=int, default=128)

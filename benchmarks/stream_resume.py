@@ -40,6 +40,8 @@ def first_batch_seconds(source, consumed, batch, side, window):
 
 
 def main():
+  from byol_jax import conv_autotune  # pylint: disable=g-import-not-at-top
+  print(f'Measured on {conv_autotune.machine()}.')
   parser = argparse.ArgumentParser()
   parser.add_argument('--examples', type=int, default=10_000)
   parser.add_argument('--shards', type=int, default=16)
