@@ -56,11 +56,13 @@ def _peak_rss_mb() -> float:
 
 
 def run_jax(case: str, method: str, steps: int,
-            conv_impl: str = 'auto') -> dict:
+            conv_impl: str = 'auto', diagnostics: bool = True) -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from byol_jax import config_lib, conv_autotune, networks, optim, parallel, train_step  # pylint: disable=g-import-not-at-top
+  if not diagnostics:  # What the step costs without the collapse metrics.
+    train_step.diagnostics.collapse_metrics = lambda z: {}
 
   depth, stem, size, batch, width, channels = CASES[case]
   proj, pred, out = HEADS[(method, case)]
@@ -153,13 +155,14 @@ def run_torch(case: str, method: str, steps: int) -> dict:
           'peak_rss_mb': _peak_rss_mb(), 'loss': float(loss)}
 
 
-def _child(framework, case, method, steps, python, conv_impl='auto') -> dict:
+def _child(framework, case, method, steps, python, conv_impl='auto',
+           diagnostics='on') -> dict:
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
   env.pop('XLA_FLAGS', None)
   r = subprocess.run(
       [python, os.path.abspath(__file__), f'--child={framework}',
        f'--cases={case}', f'--methods={method}', f'--steps={steps}',
-       f'--conv_impls={conv_impl}'],
+       f'--conv_impls={conv_impl}', f'--diagnostics={diagnostics}'],
       cwd=ROOT, env=env, capture_output=True, text=True)
   if r.returncode:
     raise RuntimeError(f'{framework} {case} {method} failed:\n'
@@ -177,11 +180,15 @@ def main():
   p.add_argument('--conv_impls', default='auto',
                  help="model.conv_impl values to time, comma-separated: "
                  "'auto' (the default config), 'xla', 'matmul'.")
+  p.add_argument('--diagnostics', default='on',
+                 help="'on' (the trainer's step), 'off' (without the "
+                 "per-step collapse metrics, which the PyTorch reference "
+                 "does not compute) or 'on,off'.")
   p.add_argument('--child', choices=['jax', 'torch'])
   args = p.parse_args()
   if args.child == 'jax':
     print(json.dumps(run_jax(args.cases, args.methods, args.steps,
-                             args.conv_impls)))
+                             args.conv_impls, args.diagnostics == 'on')))
     return
   if args.child == 'torch':
     print(json.dumps(run_torch(args.cases, args.methods, args.steps)))
@@ -189,7 +196,7 @@ def main():
   from byol_jax import conv_autotune  # pylint: disable=g-import-not-at-top
   print(f'{conv_autotune.machine()}; {args.steps or STEPS} timed steps after '
         'one warm-up, synthetic images, one child process per line.\n')
-  header = (f'{"case":9s} {"method":8s} {"conv":7s} {"JAX img/s":>10s} '
+  header = (f'{"case":9s} {"method":8s} {"conv":12s} {"JAX img/s":>10s} '
             f'{"torch img/s":>12s} {"ratio":>6s} {"JAX 1st s":>10s} '
             f'{"torch 1st s":>12s} {"plan s":>7s} {"matmul":>7s} '
             f'{"JAX MB":>8s} {"torch MB":>9s} '
@@ -200,12 +207,16 @@ def main():
     steps = args.steps or STEPS[case]
     for method in args.methods.split(','):
       t = _child('torch', case, method, steps, sys.executable)
-      for conv_impl in args.conv_impls.split(','):
-        j = _child('jax', case, method, steps, sys.executable, conv_impl)
+      for conv_impl, diag in [(c, d) for c in args.conv_impls.split(',')
+                              for d in args.diagnostics.split(',')]:
+        j = _child('jax', case, method, steps, sys.executable, conv_impl,
+                   diag)
         ratio = j['images_per_s'] / t['images_per_s']
         rows.append({'case': case, 'method': method, 'conv_impl': conv_impl,
-                     'jax': j, 'torch': t, 'ratio': ratio})
-        print(f'{case:9s} {method:8s} {conv_impl:7s} '
+                     'diagnostics': diag, 'jax': j, 'torch': t,
+                     'ratio': ratio})
+        label = conv_impl + ('' if diag == 'on' else '-nodiag')
+        print(f'{case:9s} {method:8s} {label:12s} '
               f'{j["images_per_s"]:10.1f} '
               f'{t["images_per_s"]:12.1f} {ratio:6.2f} '
               f'{j["first_step_s"]:10.1f} {t["first_step_s"]:12.1f} '
