@@ -14,12 +14,11 @@ run, and prints the ratio per layer.
 from __future__ import annotations
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 
-from byol_jax import networks
+from byol_jax import conv_autotune, networks
 
 # (batch, side, in channels, out channels, kernel, stride) per network.
 SHAPES = {
@@ -39,21 +38,7 @@ SHAPES = {
 }
 
 
-def seconds_per_call(conv, x, w, stride, repeats):
-  def loss(x, w):
-    y = conv(x, w, (stride, stride), 'SAME',
-             dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    return jnp.sum(y * y)
-  step = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  jax.block_until_ready(step(x, w))  # Compile.
-  start = time.perf_counter()
-  for _ in range(repeats):
-    jax.block_until_ready(step(x, w))
-  return (time.perf_counter() - start) / repeats
-
-
 def main():
-  from byol_jax import conv_autotune  # pylint: disable=g-import-not-at-top
   print(f'Measured on {conv_autotune.machine()}.')
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--shapes', default='demo,r18_32,r50_224',
@@ -64,12 +49,14 @@ def main():
         f'{"xla ms":>9s} {"matmul ms":>10s} {"matmul speed-up":>16s}')
   for net in args.shapes.split(','):
     for n, side, cin, cout, k, s in SHAPES[net]:
-      x = jax.random.normal(jax.random.key(0), (n, side, side, cin))
-      w = jax.random.normal(jax.random.key(1), (k, k, cin, cout)) * 0.1
-      xla = seconds_per_call(jax.lax.conv_general_dilated, x, w, s,
-                             args.repeats)
-      mm = seconds_per_call(networks.matmul_conv, x, w, s, args.repeats)
-      layer = f'b{n} {side}x{side} {cin}->{cout} {k}x{k}/{s}'
+      # The timing model.conv_impl='auto' makes (median of `repeats`).
+      shape = ((n, side, side, cin), (k, k, cin, cout), (s, s), 'SAME',
+               jnp.float32)
+      xla, mm = (conv_autotune.seconds_per_call(
+          conv, *shape, repeats=args.repeats, budget_s=float('inf'))
+                 for conv in (jax.lax.conv_general_dilated,
+                              networks.matmul_conv))
+      layer = conv_autotune.describe(shape)
       print(f'{net:8s} {layer:36s} {1e3 * xla:9.2f} {1e3 * mm:10.2f} '
             f'{xla / mm:15.2f}x', flush=True)
 

@@ -185,10 +185,9 @@ def _write_cache(path: str, new: dict) -> None:
                     path, e)
 
 
-def measure(convs: list[tuple], path: Optional[str] = None) -> dict:
-  """{conv: {'impl', 'xla_ms', 'matmul_ms', 'cached'}}: from the cache file,
-  or timed now (and added to it)."""
-  path = path or os.path.join(cache_dir(), 'conv_impl.json')
+def measure(convs: list[tuple], path: str) -> dict:
+  """{conv: {'impl', 'xla_ms', 'matmul_ms', 'cached'}}: from the cache file
+  `path`, or timed now (and added to it)."""
   cached = _read_cache(path)
   out, new = {}, {}
   for conv in convs:
@@ -219,6 +218,7 @@ def plan(model_config, image_shape, batch: int,
     logging.info("model.conv_impl='auto' on %s: XLA's convolutions.",
                  jax.default_backend())
     return ()
+  path = path or os.path.join(cache_dir(), 'conv_impl.json')
   encoder = networks.build_encoder(model_config)
   convs = conv_shapes(encoder, tuple(image_shape), batch)
   choices = {}
@@ -238,7 +238,7 @@ def plan(model_config, image_shape, batch: int,
         "model.conv_impl='auto': matmul_conv for %d of %d convolution "
         'shapes on %s (%s; %s):\n%s', impls.count('matmul'), len(convs),
         machine(), 'timed now' if fresh else 'timed in an earlier run',
-        path or os.path.join(cache_dir(), 'conv_impl.json'),
+        path,
         '\n'.join(f'  {describe(c):28s} xla {choices[c]["xla_ms"]:8.2f} ms  '
                   f'matmul {choices[c]["matmul_ms"]:8.2f} ms -> {i}'
                   for c, i in zip(convs, impls)))
