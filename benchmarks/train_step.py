@@ -56,13 +56,13 @@ def _peak_rss_mb() -> float:
 
 
 def run_jax(case: str, method: str, steps: int,
-            conv_impl: str = 'auto', diagnostics: bool = True) -> dict:
+            conv_impl: str = 'auto', diagnostics: str = 'on') -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from byol_jax import config_lib, conv_autotune, networks, optim, parallel, train_step  # pylint: disable=g-import-not-at-top
-  if not diagnostics:  # What the step costs without the collapse metrics.
-    train_step.diagnostics.collapse_metrics = lambda z: {}
+  if diagnostics == 'off':  # The step without the collapse metrics.
+    train_step.diagnostics.collapse_metrics = lambda z, rank_due=True: {}
 
   depth, stem, size, batch, width, channels = CASES[case]
   proj, pred, out = HEADS[(method, case)]
@@ -88,7 +88,9 @@ def run_jax(case: str, method: str, steps: int,
       use_target=c.target.use), mesh)
   step = train_step.make_train_step(
       mesh, network=network, optimizer=optimizer, lr_schedule=lr,
-      tau_schedule=optim.tau_schedule(0.99, 1000), loss_config=c.loss)
+      tau_schedule=optim.tau_schedule(0.99, 1000), loss_config=c.loss,
+      # As the trainer: the effective rank on logging steps only.
+      rank_every=1 if diagnostics == 'every' else c.log_every_steps)
   rng = np.random.RandomState(0)
   batch_ = parallel.shard_batch({
       'view1': rng.randn(batch, size, size, channels).astype(np.float32),
@@ -181,14 +183,16 @@ def main():
                  help="model.conv_impl values to time, comma-separated: "
                  "'auto' (the default config), 'xla', 'matmul'.")
   p.add_argument('--diagnostics', default='on',
-                 help="'on' (the trainer's step), 'off' (without the "
-                 "per-step collapse metrics, which the PyTorch reference "
-                 "does not compute) or 'on,off'.")
+                 help="comma-separated: 'on' (the trainer's step: the "
+                 "effective rank every log_every_steps, 100, so never in "
+                 "the timed steps), 'every' (the rank's SVD every step, "
+                 "as before 2026-12-03), 'off' (no collapse metrics, as "
+                 "the PyTorch reference).")
   p.add_argument('--child', choices=['jax', 'torch'])
   args = p.parse_args()
   if args.child == 'jax':
     print(json.dumps(run_jax(args.cases, args.methods, args.steps,
-                             args.conv_impls, args.diagnostics == 'on')))
+                             args.conv_impls, args.diagnostics)))
     return
   if args.child == 'torch':
     print(json.dumps(run_torch(args.cases, args.methods, args.steps)))
@@ -215,7 +219,8 @@ def main():
         rows.append({'case': case, 'method': method, 'conv_impl': conv_impl,
                      'diagnostics': diag, 'jax': j, 'torch': t,
                      'ratio': ratio})
-        label = conv_impl + ('' if diag == 'on' else '-nodiag')
+        label = conv_impl + {'on': '', 'every': '-rank1',
+                             'off': '-nodiag'}[diag]
         print(f'{case:9s} {method:8s} {label:12s} '
               f'{j["images_per_s"]:10.1f} '
               f'{t["images_per_s"]:12.1f} {ratio:6.2f} '

@@ -6,6 +6,8 @@ with the host.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -14,6 +16,10 @@ from byol_jax import losses
 # The std diagnostic below this fraction of its healthy value 1/sqrt(D) is
 # reported as collapse by the train loop.
 COLLAPSE_STD_FRACTION = 0.1
+
+# Metrics the train step computes on some steps only (NaN on the others);
+# a logging interval's mean is over the steps that computed them.
+SAMPLED_METRICS = ('collapse/effective_rank',)
 
 
 def normalized_std(z: jax.Array) -> jax.Array:
@@ -46,10 +52,27 @@ def mean_offdiagonal_cosine(z: jax.Array) -> jax.Array:
   return (jnp.sum(sims) - jnp.trace(sims)) / (n * (n - 1))
 
 
-def collapse_metrics(z: jax.Array) -> dict[str, jax.Array]:
+def collapse_metrics(z: jax.Array, rank_due: Any = True
+                     ) -> dict[str, jax.Array]:
+  """The collapse metrics of z; the effective rank only where the boolean
+  scalar `rank_due` is True (NaN elsewhere).
+
+  The rank is sampled because its SVD is the one costly metric: on CPU it is
+  a LAPACK call whose OpenBLAS worker threads keep spinning afterwards,
+  against XLA's threads, for the rest of the step -- every step, that cost
+  SimSiam's demo step 1.3-1.6x (`benchmarks/train_step.py --cases=demo
+  --diagnostics=on,every,off`).
+  """
+  if rank_due is True:
+    rank = effective_rank(z)
+  else:
+    # full_like: NaN typed as z is (also varying over a shard_map axis).
+    rank = jax.lax.cond(rank_due, effective_rank,
+                        lambda z: jnp.full_like(z, jnp.nan, jnp.float32, ()),
+                        z)
   return {
       'collapse/normalized_std': normalized_std(z),
       'collapse/healthy_std': jnp.asarray(1.0 / jnp.sqrt(z.shape[-1])),
-      'collapse/effective_rank': effective_rank(z),
+      'collapse/effective_rank': rank,
       'collapse/mean_offdiag_cosine': mean_offdiagonal_cosine(z),
   }

@@ -96,12 +96,14 @@ def fit(state, step_fn: Callable, batches: Iterator, *, num_steps: int,
         on_summary: Optional[
             Callable[[int, Mapping[str, float]], None]] = None,
         name: str = 'step', profile_dir: Optional[str] = None,
-        profile_steps: int = 0):
+        profile_steps: int = 0, sampled_metrics: Sequence[str] = ()):
   """Runs `state, metrics = step_fn(state, batch)` from state.step to
   `num_steps`; returns (state, step): the last step, saved and final.
 
   Every `log_every` steps (and at checkpoint steps, the last step and a
-  stop), the mean of the interval's metrics is checked for NaN, written
+  stop), the mean of the interval's metrics (`sampled_metrics`: over the
+  steps that computed them, see `metric_writer.mean_metrics`) is checked
+  for NaN, written
   with `epoch` and `images_per_second` (training time only: periodic
   actions and saves excluded, as the ETA), and logged as
   `name step/num_steps | describe(summary) | img/s | ETA`. Of the
@@ -136,7 +138,7 @@ def fit(state, step_fn: Callable, batches: Iterator, *, num_steps: int,
     # Checkpoint steps are logging steps too: the NaN check below runs
     # before any state is written.
     if due(step, log_every) or last or save_now or stop.signal:
-      summary = metric_writer.mean_metrics(pending)
+      summary = metric_writer.mean_metrics(pending, sampled_metrics)
       pending = []
       if not np.isfinite(summary['loss']):
         good = manager.latest_step() if manager is not None else None

@@ -14,7 +14,7 @@ import itertools
 import json
 import os
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -49,11 +49,24 @@ def write_result(workdir: str, name: str, record: Mapping[str, Any]) -> str:
     return path
 
 
-def mean_metrics(pending) -> dict[str, float]:
+def mean_metrics(pending, sampled: Sequence[str] = ()) -> dict[str, float]:
   """Means of the per-step metric dicts of a logging interval: one host
-  transfer for the whole interval."""
+  transfer for the whole interval.
+
+  A key in `sampled` is NaN on the steps that did not compute it: its mean
+  is over the steps that did, and it is left out of an interval without
+  any. (Every other key keeps a plain mean, so a NaN loss stays NaN.)
+  """
   host = jax.device_get(pending)
-  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
+  out = {}
+  for k in host[0]:
+    values = np.array([m[k] for m in host], np.float64)
+    if k in sampled:
+      values = values[~np.isnan(values)]
+      if not values.size:
+        continue
+    out[k] = float(np.mean(values))
+  return out
 
 
 def _append(path: str, text: str, step: int) -> None:

@@ -119,7 +119,7 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
   step_fn = train_step.make_train_step(
       mesh, network=network, optimizer=optimizer, lr_schedule=lr_schedule,
       tau_schedule=tau_schedule, loss_config=config.loss,
-      device_views=device_views)
+      device_views=device_views, rank_every=config.log_every_steps)
   rng = parallel.replicate(jax.random.key(config.seed + 1), mesh)
   e = config.eval
   knn_every = loop.every(e.knn_every_steps, e.knn_every_epochs,
@@ -160,7 +160,8 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
                   loop.Periodic(probe_every, probe, 'probe')],
         describe=_describe, on_summary=_warn_on_collapse,
         profile_dir=os.path.join(workdir, 'profile'),
-        profile_steps=config.profile_steps)
+        profile_steps=config.profile_steps,
+        sampled_metrics=diagnostics.SAMPLED_METRICS)
     stop.raise_if_stopped(step)
     final = evaluator(_online_variables(state)) if labelled else {}
     stop.raise_if_stopped(step)  # During the evaluation: the rerun evaluates again.

@@ -85,6 +85,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
                lr_schedule: Callable, tau_schedule: Callable, loss_config,
                axis_name: Optional[str] = AXIS,
                device_views: Optional[dict[str, Any]] = None,
+               rank_every: int = 1,
                ) -> tuple[TrainState, dict[str, jax.Array]]:
   """One optimisation step on this device's shard of the global batch.
 
@@ -97,6 +98,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
     axis_name: the named device axis (None only for unmapped debugging).
     device_views: {'view1', 'view2': view parameters, 'mean', 'std'} to
       finish the views on device (`device_augment`), or None.
+    rank_every: the projections' effective rank (an SVD) is computed when
+      the new step count is a multiple of this (the trainer: its logging
+      period), NaN on other steps; see `diagnostics.collapse_metrics`.
 
   Returns:
     The new state and a dict of scalar metrics, averaged over devices.
@@ -166,7 +170,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
       'loss': aux['ssl'],
       'lr': lr_schedule(state.step),
       'tau': tau if use_target else jnp.zeros(()),
-      **diagnostics.collapse_metrics(projection),
+      **diagnostics.collapse_metrics(
+          projection, rank_due=True if rank_every == 1 else
+          (state.step + 1) % rank_every == 0),
   }
   if 'logits' in aux:
     metrics['probe/loss'] = aux['probe']

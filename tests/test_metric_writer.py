@@ -3,6 +3,7 @@ run, a resumed run drops the records of the steps it does again."""
 
 import json
 
+import numpy as np
 import pytest
 
 from byol_jax import metric_writer
@@ -110,3 +111,19 @@ def test_on_an_object_store_every_write_is_a_new_object():
   assert records[-1] == {'step': 5, 'eval/knn_top1_k20': 0.5}
   metric_writer.MetricWriter(workdir, resume_step=3).close()
   assert [r['step'] for r in metric_writer.read_metrics(path)] == [1, 2, 3]
+
+
+def test_interval_means_skip_the_steps_a_sampled_metric_was_not_computed():
+  nan = float('nan')
+  pending = [{'loss': 1.0, 'rank': nan}, {'loss': 2.0, 'rank': 6.0},
+             {'loss': 3.0, 'rank': nan}, {'loss': 6.0, 'rank': 8.0}]
+  assert metric_writer.mean_metrics(pending, sampled=('rank',)) == {
+      'loss': 3.0, 'rank': 7.0}
+  # An interval without a sample has no value, not a NaN or a zero.
+  assert metric_writer.mean_metrics(pending[:1], sampled=('rank',)) == {
+      'loss': 1.0}
+  # Any other metric keeps its plain mean: one NaN loss makes the mean NaN
+  # (what the loop's NaN stop looks at).
+  out = metric_writer.mean_metrics([{'loss': nan}, {'loss': 1.0}],
+                                   sampled=('rank',))
+  assert np.isnan(out['loss'])

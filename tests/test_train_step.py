@@ -170,6 +170,28 @@ def test_metrics_report_schedules_and_collapse():
   assert 1.0 <= float(metrics[0]['collapse/effective_rank']) <= 8.0
 
 
+def test_effective_rank_only_on_its_steps(devices):
+  """rank_every=2: the SVD runs on steps 2 and 4 only (NaN on 1 and 3);
+  where it runs it equals the every-step value, and nothing else moves."""
+  state, kwargs = _setup('byol')
+  batches = _batches(4)
+  every_state, every = _run(devices[:2], state, kwargs, batches)
+  state2, sampled = _run(devices[:2], state, dict(kwargs, rank_every=2),
+                         batches)
+  ranks = [float(m['collapse/effective_rank']) for m in sampled]
+  assert np.isnan(ranks[0]) and np.isnan(ranks[2])
+  assert ranks[1] == pytest.approx(
+      float(every[1]['collapse/effective_rank']), rel=1e-6)
+  assert ranks[3] == pytest.approx(
+      float(every[3]['collapse/effective_rank']), rel=1e-6)
+  for a, b in zip(every, sampled):
+    for k in a:
+      if k != 'collapse/effective_rank':
+        np.testing.assert_allclose(a[k], b[k], rtol=1e-6)
+  chex.assert_trees_all_close(every_state.online_params, state2.online_params,
+                              rtol=1e-6)
+
+
 @pytest.mark.slow  # bf16 convolutions are emulated on CPU: minutes here.
 def test_bfloat16_compute_keeps_state_and_loss_in_float32(devices):
   """Mixed precision: convolutions and matmuls in bf16; params, BN

@@ -269,8 +269,9 @@ def markdown_table(suite: Suite, out, steps: int) -> str:
   lines = [
       f'Weighted-kNN (cosine) test accuracy after {steps} steps; std = std '
       'over the batch of l2-normalised projections and their effective '
-      'rank (exp of the entropy of the normalised singular values), means '
-      'of the last logged interval; healthy std = 1/sqrt(d).', '',
+      'rank (exp of the entropy of the normalised singular values): the std '
+      'a mean over the last logged interval, the rank at its last step; '
+      'healthy std = 1/sqrt(d).', '',
       f'| variant | paper | kNN k={k} | kNN k={k_small} | vs random init | '
       'std (healthy) | eff. rank | verdict |',
       '|---|---|---|---|---|---|---|---|']
