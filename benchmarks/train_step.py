@@ -186,7 +186,7 @@ def main():
                  help="comma-separated: 'on' (the trainer's step: the "
                  "effective rank every log_every_steps, 100, so never in "
                  "the timed steps), 'every' (the rank's SVD every step, "
-                 "as before 2026-12-03), 'off' (no collapse metrics, as "
+                 "as before 2026-12-02), 'off' (no collapse metrics, as "
                  "the PyTorch reference).")
   p.add_argument('--child', choices=['jax', 'torch'])
   args = p.parse_args()

@@ -60,7 +60,7 @@ def collapse_metrics(z: jax.Array, rank_due: Any = True
   The rank is sampled because its SVD is the one costly metric: on CPU it is
   a LAPACK call whose OpenBLAS worker threads keep spinning afterwards,
   against XLA's threads, for the rest of the step -- every step, that cost
-  SimSiam's demo step 1.3-1.6x (`benchmarks/train_step.py --cases=demo
+  SimSiam's demo step 1.3-1.7x (`benchmarks/train_step.py --cases=demo
   --diagnostics=on,every,off`).
   """
   if rank_due is True:
