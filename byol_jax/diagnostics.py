@@ -63,13 +63,9 @@ def collapse_metrics(z: jax.Array, rank_due: Any = True
   SimSiam's demo step 1.3-1.7x (`benchmarks/train_step.py --cases=demo
   --diagnostics=on,every,off`).
   """
-  if rank_due is True:
-    rank = effective_rank(z)
-  else:
-    # full_like: NaN typed as z is (also varying over a shard_map axis).
-    rank = jax.lax.cond(rank_due, effective_rank,
-                        lambda z: jnp.full_like(z, jnp.nan, jnp.float32, ()),
-                        z)
+  # full_like: NaN typed as z is (also varying over a shard_map axis).
+  rank = jax.lax.cond(rank_due, effective_rank,
+                      lambda z: jnp.full_like(z, jnp.nan, jnp.float32, ()), z)
   return {
       'collapse/normalized_std': normalized_std(z),
       'collapse/healthy_std': jnp.asarray(1.0 / jnp.sqrt(z.shape[-1])),

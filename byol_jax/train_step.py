@@ -171,8 +171,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array],
       'lr': lr_schedule(state.step),
       'tau': tau if use_target else jnp.zeros(()),
       **diagnostics.collapse_metrics(
-          projection, rank_due=True if rank_every == 1 else
-          (state.step + 1) % rank_every == 0),
+          projection, rank_due=(state.step + 1) % rank_every == 0),
   }
   if 'logits' in aux:
     metrics['probe/loss'] = aux['probe']
