@@ -53,6 +53,32 @@ def test_cli_trains_writes_everything_and_resumes(tmp_path, idx_dir):
   assert (workdir / 'results/knn_step4.json').exists()
   assert (workdir / 'results/knn_step6.json').exists()
 
+  # kNN accuracy against wall time (byol_jax.tools.plot_knn): each kNN
+  # record carries its process's clock; the resumed run's points continue
+  # the first process's time; an existing PNG is never replaced.
+  knn = [r for r in map(json.loads, open(workdir / 'metrics.jsonl'))
+         if 'eval/knn_top1_k20' in r]
+  assert [r['step'] for r in knn] == [4, 6]
+  assert all(r['wall_time_s'] > 1 for r in knn)
+  png = tmp_path / 'knn.png'
+  plot = [sys.executable, '-m', 'byol_jax.tools.plot_knn', f'--out={png}',
+          '--k=20', f'tiny={workdir}']
+  p = subprocess.run(plot, cwd=ROOT, capture_output=True, text=True,
+                     env=_cli_env(), timeout=300)
+  assert p.returncode == 0, p.stderr[-3000:]
+  rows = [l.split() for l in p.stdout.splitlines()
+          if l.startswith('tiny ') and l.split()[1].isdigit()]
+  assert [int(r[1]) for r in rows] == [4, 6]
+  minutes = [float(r[2]) for r in rows]
+  assert minutes[1] > minutes[0] + knn[1]['wall_time_s'] / 60 - 0.01
+  assert [r[1] for r in map(str.split, p.stdout.splitlines())
+          if r[:1] == ['tiny'] and not r[1].isdigit()] == [
+              'raw_pixels', 'random_init']
+  assert png.read_bytes()[:4] == b'\x89PNG'
+  p = subprocess.run(plot, cwd=ROOT, capture_output=True, text=True,
+                     env=_cli_env(), timeout=300)
+  assert p.returncode != 0 and 'exists; choose another --out' in p.stderr
+
   # (A second result of the same step gets a new name: tests/test_evaluate.)
 
   # A different model in the same workdir is refused, checkpoint untouched.
