@@ -251,6 +251,48 @@ def byol_ablation_config() -> ml_collections.ConfigDict:
   return c
 
 
+def byol_fashion_mnist_config() -> ml_collections.ConfigDict:
+  """The CPU demo's BYOL recipe (configs/byol_fashion_mnist.py, measured in
+  docs/cpu_demo.md): ResNet-18 width 1/8 with the 'small_pool' stem, heads
+  512 -> 128, LARS at base LR 16 with a 10x predictor, batch 64, a copied
+  target at tau_base 0.97, the mild-crop preset, 3.63 epochs."""
+  c = base_config()
+  use_dataset(c, 'fashion_mnist')
+  use_preset_augment(c, 'byol_fashion_mnist')
+  c.model.update(dict(depth=18, width=0.125, stem='small_pool',
+                      projector_hidden=(512,), predictor_hidden=(512,),
+                      projection_dim=128))
+  c.target.update(dict(tau_base=0.97, init='copy'))
+  c.optimizer.update(dict(base_lr=16.0, weight_decay=1e-5, warmup_epochs=0.1,
+                          predictor_lr_multiplier=10.0))
+  c.batch_size = 64
+  c.num_epochs = 3.63
+  c.log_every_steps = 100
+  c.checkpoint_every_steps = 1000
+  c.eval.update(dict(knn_every_epochs=0, batch_size=1000, baselines=True))
+  return c
+
+
+def simsiam_fashion_mnist_config(epochs: float = 2) -> ml_collections.ConfigDict:
+  """SimSiam at CPU scale (configs/simsiam_fashion_mnist.py): ResNet-18
+  width 1/8 with the small-image stem, projector 512 with output BN,
+  predictor 512 -> 128 -> 512, SGD at base LR 0.1 with a fixed-LR
+  predictor, weight decay 5e-4, batch 128, the SimSiam 28x28 views."""
+  c = simsiam_overrides(base_config())
+  use_dataset(c, 'fashion_mnist')
+  use_preset_augment(c, 'simsiam_small')
+  c.model.update(dict(depth=18, width=0.125, stem='small',
+                      projector_hidden=(512,), predictor_hidden=(128,),
+                      projection_dim=512))
+  c.optimizer.update(dict(base_lr=0.1, weight_decay=5e-4))
+  c.batch_size = 128
+  c.num_epochs = epochs
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 500
+  c.eval.update(dict(knn_every_epochs=0, batch_size=1000, baselines=True))
+  return c
+
+
 def simsiam_overrides(c):
   """Turns a BYOL config into SimSiam: SimSiam heads, no target network,
   negative-cosine loss, SGD with a fixed-LR predictor, no warm-up."""

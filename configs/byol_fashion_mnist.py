@@ -24,18 +24,4 @@ from byol_jax import config_lib
 
 def get_config(arg=None):
   del arg
-  c = config_lib.base_config()
-  config_lib.use_dataset(c, 'fashion_mnist')
-  config_lib.use_preset_augment(c, 'byol_fashion_mnist')
-  c.model.update(dict(depth=18, width=0.125, stem='small_pool',
-                      projector_hidden=(512,), predictor_hidden=(512,),
-                      projection_dim=128))
-  c.target.update(dict(tau_base=0.97, init='copy'))
-  c.optimizer.update(dict(base_lr=16.0, weight_decay=1e-5, warmup_epochs=0.1,
-                          predictor_lr_multiplier=10.0))
-  c.batch_size = 64
-  c.num_epochs = 3.63
-  c.log_every_steps = 100
-  c.checkpoint_every_steps = 1000
-  c.eval.update(dict(knn_every_epochs=0, batch_size=1000, baselines=True))
-  return c
+  return config_lib.byol_fashion_mnist_config()
