@@ -20,7 +20,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
-from byol_jax import checkpointing, console, metric_writer
+from byol_jax import checkpointing, console, metric_writer, run_length
 
 # Bounds the dispatched-but-unfinished steps (and their batches in memory):
 # thousands of tiny fast-path classifier steps would otherwise queue up.
@@ -59,11 +59,13 @@ class StopRequest:
       raise SystemExit(128 + self.signal)
 
 
-def every(steps: int = 0, epochs: float = 0.0, steps_per_epoch: int = 1
-          ) -> int:
-  """A period in steps: `steps` if set, else `epochs` (fractions allowed)
-  rounded to whole steps; 0 means never."""
-  return steps or int(round(epochs * steps_per_epoch))
+def every(steps: int = 0, epochs: float = 0.0, num_examples: int = 0,
+          batch_size: int = 1) -> int:
+  """A period in steps: `steps` if set, else `epochs` converted as the run
+  length is (run_length.epochs_to_steps), so that a period of whole epochs
+  ends on the last step of a run of whole epochs (that evaluation is the
+  final one, not a second one a few steps before it); 0 means never."""
+  return steps or run_length.epochs_to_steps(epochs, num_examples, batch_size)
 
 
 def due(step: int, period: int) -> bool:

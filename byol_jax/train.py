@@ -122,9 +122,10 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
       device_views=device_views, rank_every=config.log_every_steps)
   rng = parallel.replicate(jax.random.key(config.seed + 1), mesh)
   e = config.eval
-  knn_every = loop.every(e.knn_every_steps, e.knn_every_epochs,
-                         steps_per_epoch) if labelled else 0
-  probe_every = (loop.every(0, e.probe_every_epochs, steps_per_epoch)
+  period = dict(num_examples=len(train_source), batch_size=config.batch_size)
+  knn_every = (loop.every(e.knn_every_steps, e.knn_every_epochs, **period)
+               if labelled else 0)
+  probe_every = (loop.every(0, e.probe_every_epochs, **period)
                  if labelled else 0)
 
   curves = os.path.join(workdir, 'training_curves.png')

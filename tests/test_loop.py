@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import ml_collections
 import pytest
 
-from byol_jax import checkpointing, loop, metric_writer
+from byol_jax import checkpointing, loop, metric_writer, run_length
 
 
 @flax.struct.dataclass
@@ -45,8 +45,13 @@ def _fit(tmp_path, state, step_fn, stop, manager=None, **kwargs):
 
 
 def test_periods():
-  assert loop.every(steps=7, epochs=3.0, steps_per_epoch=10) == 7
-  assert loop.every(epochs=0.5, steps_per_epoch=10) == 5
+  assert loop.every(steps=7, epochs=3.0, num_examples=100, batch_size=10) == 7
+  assert loop.every(epochs=0.5, num_examples=100, batch_size=10) == 5
+  # 60,000 images at batch 64 (937.5 steps an epoch): every 2 epochs is 1875
+  # steps, so the 7th period of a 14-epoch run (13125 steps) is its last
+  # step, which the final evaluation covers (not 1874, 7 steps short).
+  assert loop.every(epochs=2, num_examples=60_000, batch_size=64) == 1875
+  assert 7 * 1875 == run_length.epochs_to_steps(14, 60_000, 64)
   assert loop.every() == 0
   assert [s for s in range(1, 10) if loop.due(s, 3)] == [3, 6, 9]
   assert not any(loop.due(s, 0) for s in range(1, 10))
