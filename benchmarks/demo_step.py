@@ -5,8 +5,9 @@ r"""BYOL train-step throughput of the demo network, by stem, width and batch.
 
 Each argument is BATCH[:field=value...] over `config.model` of
 configs/byol_fashion_mnist.py (28x28x1 inputs, LARS, EMA target, one
-device); the step is timed after compilation on synthetic views, so the
-figures exclude the input pipeline. Prints images/s, and each case's rate
+device, `model.conv_impl='auto'` with its per-layer plan unless a case
+sets conv_impl); the step is timed after compilation on synthetic views,
+so the figures exclude the input pipeline. Prints images/s, and each case's rate
 relative to the first, measured in one run.
 """
 
@@ -19,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from byol_jax import networks, optim, parallel, train_step
+from byol_jax import conv_autotune, networks, optim, parallel, train_step
 
 _CONFIG = os.path.join(os.path.dirname(__file__), '..', 'configs',
                        'byol_fashion_mnist.py')
@@ -37,7 +38,11 @@ def _config():
 def images_per_second(batch: int, overrides: dict, steps: int = 15) -> float:
   c = _config()
   c.model.update(overrides)
-  net = networks.build_network(c.model, 10, bn_axis_name=parallel.AXIS)
+  # model.conv_impl='auto' (the default) runs the per-layer choice a
+  # training run would make (timed once per machine, then cached).
+  plan = conv_autotune.plan(c.model, (28, 28, 1), batch)
+  net = networks.build_network(c.model, 10, bn_axis_name=parallel.AXIS,
+                               conv_plan=plan)
   lr = optim.learning_rate_schedule(1.0, 1000, 10)
   opt = optim.with_probe_optimizer(
       optim.build_optimizer(c.optimizer, lr, 1.0), c.probe)
@@ -62,7 +67,6 @@ def images_per_second(batch: int, overrides: dict, steps: int = 15) -> float:
 
 
 def main(args):
-  from byol_jax import conv_autotune  # pylint: disable=g-import-not-at-top
   print(f'Measured on {conv_autotune.machine()}.')
   first = None
   print(f'{"case":34s}{"img/s":>8s}{"vs first":>10s}')

@@ -12,8 +12,9 @@ set-up, the baselines and the evaluations count. A resumed run's clock
 restarts; its later points are shifted by the last time the earlier process
 recorded (the minutes between that point and the kill are not counted).
 Baselines, from each run's result file (results/knn_step*.json): raw pixels
-(one line per distinct value) and the run's own encoder at random
-initialisation (dashed, in the run's colour). Prints the points as a table.
+(dotted) and the run's own encoder at random initialisation (dashed, in the
+run's colour, or grey for a value several runs share), one line per distinct
+value. Prints the points as a table.
 Never replaces an existing file.
 """
 
@@ -76,18 +77,22 @@ def figure(runs: dict[str, dict], k: int, title: str):
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   fig, ax = plt.subplots(figsize=(8, 4.5))
-  raw = set()
+  raw, init = set(), {}  # Baselines shared by several runs: one line each.
   for i, (label, run) in enumerate(runs.items()):
-    colour = f'C{i}'
     _, t, acc = zip(*run['points'])
-    ax.plot([s / 60 for s in t], acc, marker='o', color=colour, label=label)
+    ax.plot([s / 60 for s in t], acc, marker='o', color=f'C{i}', label=label)
     if 'random_init' in run['baselines']:
-      ax.axhline(run['baselines']['random_init'], color=colour, ls='--',
-                 lw=1, label=f'{label} encoder at random init')
+      init.setdefault(run['baselines']['random_init'], []).append(i)
     if 'raw_pixels' in run['baselines']:
       raw.add(run['baselines']['raw_pixels'])
+  labels = list(runs)
+  for v, users in sorted(init.items()):
+    colour = f'C{users[0]}' if len(users) == 1 else 'grey'
+    ax.axhline(v, color=colour, ls='--', lw=1, label='encoder at random init ('
+               + ', '.join(labels[i] for i in users) + ')')
   for v in sorted(raw):
     ax.axhline(v, color='black', ls=':', lw=1, label='raw pixels')
+  ax.set_xlim(left=0)  # From the process start: set-up time shows.
   ax.set_xlabel('wall time (minutes since the process started)')
   ax.set_ylabel(f'weighted kNN top-1 (k={k})')
   ax.set_title(title or f'weighted kNN (k={k}) test accuracy during training')
