@@ -251,6 +251,18 @@ def byol_ablation_config() -> ml_collections.ConfigDict:
   return c
 
 
+def use_byol_cpu_recipe(c) -> None:
+  """The CPU demo's network and optimizer (docs/cpu_demo.md): ResNet-18 at
+  width 1/8 with the 'small_pool' stem, heads 512 -> 128, LARS at base LR 16
+  with a 10x predictor, a copied target at tau_base 0.97."""
+  c.model.update(dict(depth=18, width=0.125, stem='small_pool',
+                      projector_hidden=(512,), predictor_hidden=(512,),
+                      projection_dim=128))
+  c.target.update(dict(tau_base=0.97, init='copy'))
+  c.optimizer.update(dict(base_lr=16.0, weight_decay=1e-5, warmup_epochs=0.1,
+                          predictor_lr_multiplier=10.0))
+
+
 def byol_fashion_mnist_config() -> ml_collections.ConfigDict:
   """The CPU demo's BYOL recipe (configs/byol_fashion_mnist.py, measured in
   docs/cpu_demo.md): ResNet-18 width 1/8 with the 'small_pool' stem, heads
@@ -259,12 +271,7 @@ def byol_fashion_mnist_config() -> ml_collections.ConfigDict:
   c = base_config()
   use_dataset(c, 'fashion_mnist')
   use_preset_augment(c, 'byol_fashion_mnist')
-  c.model.update(dict(depth=18, width=0.125, stem='small_pool',
-                      projector_hidden=(512,), predictor_hidden=(512,),
-                      projection_dim=128))
-  c.target.update(dict(tau_base=0.97, init='copy'))
-  c.optimizer.update(dict(base_lr=16.0, weight_decay=1e-5, warmup_epochs=0.1,
-                          predictor_lr_multiplier=10.0))
+  use_byol_cpu_recipe(c)
   c.batch_size = 64
   c.num_epochs = 3.63
   c.log_every_steps = 100

@@ -22,12 +22,7 @@ def get_config(arg=None):
       in_memory=True, train_split='train', eval_split='eval',
       image_size=args.size, num_channels=-1, num_classes=-1, mean=(), std=(),
       eval_crop_fraction=1.0))
-  c.model.update(dict(depth=18, width=0.125, stem='small_pool',
-                      projector_hidden=(512,), predictor_hidden=(512,),
-                      projection_dim=128))
-  c.target.update(dict(tau_base=0.97, init='copy'))
-  c.optimizer.update(dict(base_lr=16.0, weight_decay=1e-5, warmup_epochs=0.1,
-                          predictor_lr_multiplier=10.0))
+  config_lib.use_byol_cpu_recipe(c)
   c.batch_size = args.batch
   c.num_epochs = args.epochs
   c.log_every_steps = 50
