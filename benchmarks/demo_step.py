@@ -7,8 +7,8 @@ Each argument is BATCH[:field=value...] over `config.model` of
 configs/byol_fashion_mnist.py (28x28x1 inputs, LARS, EMA target, one
 device, `model.conv_impl='auto'` with its per-layer plan unless a case
 sets conv_impl); the step is timed after compilation on synthetic views,
-so the figures exclude the input pipeline. Prints images/s, and each case's rate
-relative to the first, measured in one run.
+so the figures exclude the input pipeline. Prints images/s, and each
+case's rate relative to the first, measured in one run.
 """
 
 import ast
