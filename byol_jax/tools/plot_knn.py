@@ -46,13 +46,18 @@ def parse_run(arg: str) -> tuple[str, str]:
 def knn_points(records, key: str) -> list[tuple[int, float, float]]:
   """(step, seconds, accuracy) of each record with `key` and `wall_time_s`,
   the clock made continuous across resumes (see the module docstring)."""
-  points, offset, last = [], 0.0, 0.0
+  points, offset, last, process = [], 0.0, 0.0, None
   for r in records:
     if key not in r or 'wall_time_s' not in r:
       continue
+    # A new process: its clock started again at 0. Told by the start time
+    # each record carries (older records: by the clock going backwards).
+    start = r.get('process_start_s')
+    if (start != process if start is not None
+        else r['wall_time_s'] + offset < last):
+      offset = last
+    process = start
     t = r['wall_time_s'] + offset
-    if t < last:  # A new process: its clock started again at 0.
-      offset, t = last, r['wall_time_s'] + last
     last = t
     points.append((int(r['step']), t, float(r[key])))
   return points
