@@ -130,13 +130,16 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
 
   curves = os.path.join(workdir, 'training_curves.png')
 
+  def clock():
+    # Seconds since this process started, for accuracy-against-time plots;
+    # the start (Unix time) tells a resumed run's processes apart.
+    return {'wall_time_s': time.time() - start_time,
+            'process_start_s': start_time}
+
   def knn(state, step):
     accs = evaluator(_online_variables(state))
     logging.info('step %d eval: %s', step, _fmt(accs))
-    # Seconds since this process started, for accuracy-against-time plots;
-    # the start (Unix time) tells a resumed run's processes apart.
-    writer.write(step, {**accs, 'wall_time_s': time.time() - start_time,
-                        'process_start_s': start_time})
+    writer.write(step, {**accs, **clock()})
     writer.flush()
     if jax.process_index() == 0:  # The picture so far, at each kNN point.
       metric_writer.plot_curves(writer.path, curves)
@@ -170,8 +173,7 @@ def _train_and_evaluate(config, workdir: str) -> dict[str, float]:
     final = evaluator(_online_variables(state)) if labelled else {}
     stop.raise_if_stopped(step)  # During the evaluation: the rerun evaluates again.
     if final:
-      writer.write(step, {**final, 'wall_time_s': time.time() - start_time,
-                          'process_start_s': start_time})
+      writer.write(step, {**final, **clock()})
     writer.close()
     result = {**final, **baselines, 'step': step,
               'wall_time_s': time.time() - start_time}
