@@ -26,27 +26,33 @@ from ml_collections import config_flags
 from byol_jax import cli, console, validation
 from byol_jax.evaluation import protocols
 
-_MODE = flags.DEFINE_enum('mode', None, list(validation.EVAL_MODES),
-                          'The protocol to run.')
-_CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', None, 'A pretraining --workdir, its checkpoints/ '
-    'directory, one step directory (default: the latest step), or an '
-    'official BYOL .pkl file (results go next to it).')
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Evaluation config (configs/linear_eval_*.py, '
-    'configs/finetune_*.py); optional for --mode=knn.', lock_config=True)
-_RANDOM_INIT = flags.DEFINE_bool(
-    'random_init', False, 'Evaluate the checkpoint\'s network at the '
-    'initialisation its pretraining started from (the baseline).')
-flags.mark_flags_as_required(['mode', 'checkpoint'])
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Defined when the command runs, so importing this module (tests,
+  notebooks, the other commands) adds no flags."""
+  flags.DEFINE_enum('mode', None, list(validation.EVAL_MODES),
+                    'The protocol to run.')
+  flags.DEFINE_string(
+      'checkpoint', None, 'A pretraining --workdir, its checkpoints/ '
+      'directory, one step directory (default: the latest step), or an '
+      'official BYOL .pkl file (results go next to it).')
+  config_flags.DEFINE_config_file(
+      'config', None, 'Evaluation config (configs/linear_eval_*.py, '
+      'configs/finetune_*.py); optional for --mode=knn.', lock_config=True)
+  flags.DEFINE_bool(
+      'random_init', False, 'Evaluate the checkpoint\'s network at the '
+      'initialisation its pretraining started from (the baseline).')
+  flags.mark_flags_as_required(['mode', 'checkpoint'])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.setup()
-  record = protocols.run(_CONFIG.value, _MODE.value, _CHECKPOINT.value,
-                         _RANDOM_INIT.value)
+  record = protocols.run(FLAGS.config, FLAGS.mode, FLAGS.checkpoint,
+                         FLAGS.random_init)
   if jax.process_index() == 0:
     metrics = ', '.join(f'{k} {v:.4f}' if isinstance(v, float) else
                         f'{k} {v}' for k, v in record['metrics'].items())
@@ -58,6 +64,7 @@ def main(argv):
 
 def run_cli():
   """Console-script entry point (`byol-jax-evaluate`)."""
+  _define_flags()
   console.run(main, sys.modules[__name__])
 
 

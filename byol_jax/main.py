@@ -15,12 +15,18 @@ from ml_collections import config_flags
 
 from byol_jax import cli, console
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Path to a config file (see configs/).', lock_config=True)
-_WORKDIR = flags.DEFINE_string(
-    'workdir', None, 'Directory for checkpoints, metrics and results; a run '
-    'pointed at a workdir with a checkpoint resumes from it.')
-flags.mark_flags_as_required(['config', 'workdir'])
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Defined when the command runs, so importing this module (tests,
+  notebooks, the other commands) adds no flags."""
+  config_flags.DEFINE_config_file(
+      'config', None, 'Path to a config file (see configs/).', lock_config=True)
+  flags.DEFINE_string(
+      'workdir', None, 'Directory for checkpoints, metrics and results; a run '
+      'pointed at a workdir with a checkpoint resumes from it.')
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv):
@@ -30,14 +36,15 @@ def main(argv):
   import jax  # pylint: disable=g-import-not-at-top
   from byol_jax import train  # pylint: disable=g-import-not-at-top
   cli.setup()
-  logging.info('Config:\n%s', _CONFIG.value.to_json_best_effort(indent=2))
-  result = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  logging.info('Config:\n%s', FLAGS.config.to_json_best_effort(indent=2))
+  result = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   if jax.process_index() == 0:
     print(train.summary_table(result))
 
 
 def run():
   """Console-script entry point (`byol-jax-train`)."""
+  _define_flags()
   console.run(main, sys.modules[__name__])
 
 

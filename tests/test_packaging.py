@@ -2,8 +2,6 @@
 JAX's, the lock file pins every dependency inside pyproject's ranges, and no
 file of the repository points at a path outside it."""
 
-import ast
-import importlib.util
 import os
 import re
 import subprocess
@@ -31,17 +29,28 @@ def _lock():
 
 
 def test_every_console_script_is_a_callable_entry_point():
+  """All the scripts' modules import into one process (pytest collects
+  them together), and a tool adds its flags only when it runs: two tools
+  defining --out at import time collided."""
   scripts = _pyproject()['scripts']
   assert {'byol-jax-train', 'byol-jax-evaluate', 'byol-jax-export',
           'byol-jax-extract-features', 'byol-jax-show-augmentations',
-          'byol-jax-ablate'} <= set(scripts)
-  for target in scripts.values():
-    # Read, not imported: the tools define absl flags of the same names.
-    module, func = target.split(':')
-    path = importlib.util.find_spec(module).origin
-    tree = ast.parse(open(path).read())
-    assert func in {n.name for n in tree.body
-                    if isinstance(n, ast.FunctionDef)}, target
+          'byol-jax-ablate', 'byol-jax-neighbors',
+          'byol-jax-plot-knn'} <= set(scripts)
+  code = '\n'.join([
+      'import importlib',
+      'from absl import flags',
+      f'for target in {sorted(scripts.values())!r}:',
+      '  module, func = target.split(":")',
+      '  assert callable(getattr(importlib.import_module(module), func))',
+      # byol_jax.cli's --distributed etc. are every command's.
+      'print(sorted(f"{m}:{n}" for n in flags.FLAGS',
+      '             if (m := flags.FLAGS.find_module_defining_flag(n) or "")',
+      '             .startswith("byol_jax") and m != "byol_jax.cli"))'])
+  r = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                     text=True, timeout=300, cwd=ROOT)
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.strip().splitlines()[-1] == '[]', r.stdout
 
 
 def test_python_floor_is_jaxs():

@@ -25,21 +25,27 @@ from byol_jax import (cli, config_lib, console, input_pipeline, networks,
                       parallel, pretrained)
 from byol_jax.evaluation import features
 
-_CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', None, 'Pretraining workdir or step directory, or an '
-    'official BYOL .pkl file.')
-_DATASET = flags.DEFINE_string(
-    'dataset', 'fashion_mnist', 'fashion_mnist, cifar10, or any TFDS name '
-    '(ImageNet-style preprocessing at 224 px).')
-_SPLIT = flags.DEFINE_string('split', 'test', 'Dataset split.')
-_DATA_DIR = flags.DEFINE_string('data_dir', '', 'TFDS data_dir.')
-_IDX_DIR = flags.DEFINE_string(
-    'idx_dir', '/usr/share/datasets/fashion-mnist', 'Fashion-MNIST idx files '
-    '(apt-get install dataset-fashion-mnist).')
-_OUT = flags.DEFINE_string('out', None, 'Output .npy path for features.')
-_BATCH = flags.DEFINE_integer('batch_size', 256, 'Images per batch (a '
-                              'multiple of the device count).')
-flags.mark_flags_as_required(['checkpoint', 'out'])
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Defined when the command runs, so importing this module (tests,
+  notebooks, the other commands) adds no flags."""
+  flags.DEFINE_string(
+      'checkpoint', None, 'Pretraining workdir or step directory, or an '
+      'official BYOL .pkl file.')
+  flags.DEFINE_string(
+      'dataset', 'fashion_mnist', 'fashion_mnist, cifar10, or any TFDS name '
+      '(ImageNet-style preprocessing at 224 px).')
+  flags.DEFINE_string('split', 'test', 'Dataset split.')
+  flags.DEFINE_string('data_dir', '', 'TFDS data_dir.')
+  flags.DEFINE_string(
+      'idx_dir', '/usr/share/datasets/fashion-mnist', 'Fashion-MNIST idx files '
+      '(apt-get install dataset-fashion-mnist).')
+  flags.DEFINE_string('out', None, 'Output .npy path for features.')
+  flags.DEFINE_integer('batch_size', 256, 'Images per batch (a '
+                       'multiple of the device count).')
+  flags.mark_flags_as_required(['checkpoint', 'out'])
 
 
 def dataset_config(name: str, data_dir: str = '', idx_dir: str = ''):
@@ -79,17 +85,18 @@ def main(argv):
   del argv
   cli.setup()
   # np.save appends .npy: check the names that will really be written.
-  out = _OUT.value if _OUT.value.endswith('.npy') else _OUT.value + '.npy'
+  out = FLAGS.out if FLAGS.out.endswith('.npy') else FLAGS.out + '.npy'
   labels_path = out[:-len('.npy')] + '_labels.npy'
   for path in (out, labels_path):
     if os.path.lexists(path):  # A dangling symlink too.
       raise app.UsageError(f'{path} exists; choose another --out.')
-  if _BATCH.value % jax.device_count():
-    raise app.UsageError(f'--batch_size={_BATCH.value} is not divisible by '
+  if FLAGS.batch_size % jax.device_count():
+    raise app.UsageError(f'--batch_size={FLAGS.batch_size} is not divisible by '
                          f'the {jax.device_count()} devices.')
   feats, labels = extract_features(
-      _CHECKPOINT.value, dataset_config(_DATASET.value, _DATA_DIR.value, _IDX_DIR.value),
-      _SPLIT.value, _BATCH.value)
+      FLAGS.checkpoint,
+      dataset_config(FLAGS.dataset, FLAGS.data_dir, FLAGS.idx_dir),
+      FLAGS.split, FLAGS.batch_size)
   if jax.process_index() == 0:
     np.save(out, feats)
     np.save(labels_path, labels)
@@ -99,6 +106,7 @@ def main(argv):
 
 def run():
   """Console-script entry point (`byol-jax-extract-features`)."""
+  _define_flags()
   console.run(main, sys.modules[__name__])
 
 

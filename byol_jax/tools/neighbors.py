@@ -30,19 +30,25 @@ from byol_jax import (cli, console, dataset_info, image_folder,
                       input_pipeline, networks, parallel, pretrained)
 from byol_jax.evaluation import features, protocols
 
-_CHECKPOINT = flags.DEFINE_string(
-    'checkpoint', None, 'Pretraining workdir or step directory.')
-_OUT = flags.DEFINE_string('out', 'neighbors.png', 'Output PNG path.')
-_QUERIES = flags.DEFINE_string(
-    'queries', '', 'A folder of query images (default: the eval split).')
-_NUM = flags.DEFINE_integer('num_queries', 8, 'Query rows in the picture.')
-_K = flags.DEFINE_integer('k', 5, 'Neighbours shown per query and method.')
-_BANK = flags.DEFINE_integer('bank', 5000, 'Training images searched.')
-_SCORE = flags.DEFINE_integer(
-    'score_queries', 1000, 'Eval images the class-agreement figures use.')
-_BATCH = flags.DEFINE_integer('batch_size', 256, 'Images per batch (a '
-                              'multiple of the device count).')
-flags.mark_flags_as_required(['checkpoint'])
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Defined when the command runs, so importing this module (tests,
+  notebooks, the other commands) adds no flags."""
+  flags.DEFINE_string(
+      'checkpoint', None, 'Pretraining workdir or step directory.')
+  flags.DEFINE_string('out', 'neighbors.png', 'Output PNG path.')
+  flags.DEFINE_string(
+      'queries', '', 'A folder of query images (default: the eval split).')
+  flags.DEFINE_integer('num_queries', 8, 'Query rows in the picture.')
+  flags.DEFINE_integer('k', 5, 'Neighbours shown per query and method.')
+  flags.DEFINE_integer('bank', 5000, 'Training images searched.')
+  flags.DEFINE_integer(
+      'score_queries', 1000, 'Eval images the class-agreement figures use.')
+  flags.DEFINE_integer('batch_size', 256, 'Images per batch (a '
+                       'multiple of the device count).')
+  flags.mark_flags_as_required(['checkpoint'])
 
 METHODS = ('encoder', 'raw pixels', 'random init')
 
@@ -127,13 +133,13 @@ def draw(path, query_images, query_labels, bank_images, bank_labels,
 def main(argv):
   del argv
   cli.setup()
-  if os.path.lexists(_OUT.value):
-    raise app.UsageError(f'{_OUT.value} exists; choose another --out.')
-  if _BATCH.value % jax.device_count():
-    raise app.UsageError(f'--batch_size={_BATCH.value} is not divisible by '
+  if os.path.lexists(FLAGS.out):
+    raise app.UsageError(f'{FLAGS.out} exists; choose another --out.')
+  if FLAGS.batch_size % jax.device_count():
+    raise app.UsageError(f'--batch_size={FLAGS.batch_size} is not divisible by '
                          f'the {jax.device_count()} devices.')
   mesh = parallel.make_mesh()
-  net = pretrained.load(_CHECKPOINT.value)
+  net = pretrained.load(FLAGS.checkpoint)
   saved = net.config
   d = ml_collections.ConfigDict(saved).dataset
   encoder = networks.build_encoder(net.model, compute_dtype='float32')
@@ -146,26 +152,27 @@ def main(argv):
       'random init': {'params': initial['params']['encoder'],
                       'batch_stats': initial['batch_stats']['encoder']}}
   train = input_pipeline.load_source(d, d.train_split)
-  if _QUERIES.value:
+  if FLAGS.queries:
     query_source = image_folder.open_folder(
-        _QUERIES.value, channels=d.num_channels)
+        FLAGS.queries, channels=d.num_channels)
     score_source = None
   else:
     query_source = input_pipeline.load_source(d, d.eval_split)
-    score_source = _spread(query_source, _SCORE.value)
+    score_source = _spread(query_source, FLAGS.score_queries)
   train, query_source = dataset_info.resolve(d, train, query_source)
   bank, bank_images, bank_labels = _embed_all(
-      embed, variables, _spread(train, _BANK.value), d, _BATCH.value)
+      embed, variables, _spread(train, FLAGS.bank), d, FLAGS.batch_size)
   queries, query_images, query_labels = _embed_all(
-      embed, variables, _spread(query_source, _NUM.value), d, _BATCH.value)
-  k = min(_K.value, len(bank_labels))
+      embed, variables, _spread(query_source, FLAGS.num_queries), d,
+      FLAGS.batch_size)
+  k = min(FLAGS.k, len(bank_labels))
   shown = {m: nearest(queries[m], bank[m], k) for m in METHODS}
   title = (f'{d.path or d.name}: top-{k} neighbours (cosine) among '
            f'{len(bank_labels)} training images; encoder at step {net.step}')
   labelled = score_source is not None and d.num_classes > 0
   if labelled:
     scored, _, score_labels = _embed_all(embed, variables, score_source, d,
-                                         _BATCH.value)
+                                         FLAGS.batch_size)
     shares = {m: agreement(score_labels, bank_labels,
                            nearest(scored[m], bank[m], k)) for m in METHODS}
     title += ('\nneighbours of the query\'s class, over '
@@ -174,13 +181,14 @@ def main(argv):
     print(title.replace('\n', '; '))
   classes = input_pipeline.class_names(train, d)
   if jax.process_index() == 0:
-    draw(_OUT.value, query_images, query_labels, bank_images, bank_labels,
+    draw(FLAGS.out, query_images, query_labels, bank_images, bank_labels,
          shown, k, title, classes)
-    print(f'Wrote {_OUT.value}')
+    print(f'Wrote {FLAGS.out}')
 
 
 def run():
   """Console-script entry point (`byol-jax-neighbors`)."""
+  _define_flags()
   console.run(main, sys.modules[__name__])
 
 

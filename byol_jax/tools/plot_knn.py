@@ -27,11 +27,16 @@ from absl import app, flags
 
 from byol_jax import console, metric_writer
 
-_OUT = flags.DEFINE_string('out', None, 'PNG to write (must not exist).')
-_K = flags.DEFINE_integer('k', 200, 'Which kNN accuracy: eval/knn_top1_k<K>.')
-_TITLE = flags.DEFINE_string('title', '', 'Figure title (default: the '
-                             'metric).')
-flags.mark_flag_as_required('out')
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Defined when the command runs, so importing this module (tests,
+  notebooks, the other commands) adds no flags."""
+  flags.DEFINE_string('out', None, 'PNG to write (must not exist).')
+  flags.DEFINE_integer('k', 200, 'Which kNN accuracy: eval/knn_top1_k<K>.')
+  flags.DEFINE_string('title', '', 'Figure title (default: the metric).')
+  flags.mark_flag_as_required('out')
 
 
 def parse_run(arg: str) -> tuple[str, str]:
@@ -111,9 +116,9 @@ def main(argv):
   args = argv[1:]
   if not args:
     raise app.UsageError('Name at least one run: LABEL=WORKDIR ...')
-  if os.path.lexists(_OUT.value):
-    raise app.UsageError(f'{_OUT.value} exists; choose another --out.')
-  key = f'eval/knn_top1_k{_K.value}'
+  if os.path.lexists(FLAGS.out):
+    raise app.UsageError(f'{FLAGS.out} exists; choose another --out.')
+  key = f'eval/knn_top1_k{FLAGS.k}'
   runs = {}
   for arg in args:
     label, workdir = parse_run(arg)
@@ -127,19 +132,20 @@ def main(argv):
           f'{path} has no {key} record with a wall time: the run needs '
           'kNN evaluations (eval.knn_every_epochs / knn_every_steps, or its '
           'final evaluation) written by a byol_jax that records wall_time_s.')
-    runs[label] = dict(points=points, baselines=baselines(workdir, _K.value))
+    runs[label] = dict(points=points, baselines=baselines(workdir, FLAGS.k))
   print(f'{"run":<12} {"step":>7} {"minutes":>8} {key:>20}')
   for label, run in runs.items():
     for step, t, acc in run['points']:
       print(f'{label:<12} {step:>7} {t / 60:>8.2f} {acc:>20.4f}')
     for name, v in run['baselines'].items():
       print(f'{label:<12} {name:>16} {v:>20.4f}')
-  metric_writer.save_figure(figure(runs, _K.value, _TITLE.value), _OUT.value)
-  print(f'Wrote {_OUT.value}')
+  metric_writer.save_figure(figure(runs, FLAGS.k, FLAGS.title), FLAGS.out)
+  print(f'Wrote {FLAGS.out}')
 
 
 def run():
   """Console-script entry point (`byol-jax-plot-knn`)."""
+  _define_flags()
   console.run(main, sys.modules[__name__])
 
 

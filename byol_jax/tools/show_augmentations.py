@@ -24,13 +24,19 @@ import tensorflow as tf
 
 from byol_jax import augment, console, dataset_info, input_pipeline
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
-_OUT = flags.DEFINE_string('out', 'views.png', 'Output PNG path.')
-_NUM = flags.DEFINE_integer('num', 8, 'Number of examples (columns).')
-_IMAGE = flags.DEFINE_string(
-    'image', None, 'Augment this image file (num times) instead of the '
-    "config's training split.")
-flags.mark_flags_as_required(['config'])
+FLAGS = flags.FLAGS
+
+
+def _define_flags():
+  """Defined when the command runs, so importing this module (tests,
+  notebooks, the other commands) adds no flags."""
+  config_flags.DEFINE_config_file('config', None, 'Config file.')
+  flags.DEFINE_string('out', 'views.png', 'Output PNG path.')
+  flags.DEFINE_integer('num', 8, 'Number of examples (columns).')
+  flags.DEFINE_string(
+      'image', None, 'Augment this image file (num times) instead of the '
+      "config's training split.")
+  flags.mark_flags_as_required(['config'])
 
 
 def make_grid(images: np.ndarray, config, seed: int = 0) -> np.ndarray:
@@ -75,32 +81,33 @@ def save_grid(grid: np.ndarray, path: str, title: str) -> None:
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = FLAGS.config
   d = config.dataset
-  if _IMAGE.value:
-    image = tf.io.decode_image(tf.io.read_file(_IMAGE.value),
+  if FLAGS.image:
+    image = tf.io.decode_image(tf.io.read_file(FLAGS.image),
                                channels=max(d.num_channels, 0),
                                expand_animations=False).numpy()
     if d.image_size == -1:
       d.image_size = int(np.clip(min(image.shape[:2]),
                                  *dataset_info.IMAGE_SIZE_RANGE))
-    images = np.stack([image] * _NUM.value)
-    source = os.path.basename(_IMAGE.value)
+    images = np.stack([image] * FLAGS.num)
+    source = os.path.basename(FLAGS.image)
   else:
     data = input_pipeline.load_source(d, d.train_split)
     data, _ = dataset_info.resolve(d, data, data)  # Unset fields: the data's.
     # A spread over the split (a folder lists its classes in order).
     images = input_pipeline.first_images(
-        input_pipeline.take(data, min(_NUM.value, len(data))), _NUM.value)
+        input_pipeline.take(data, min(FLAGS.num, len(data))), FLAGS.num)
     source = d.path or f'{d.name}/{d.train_split}'
   grid = make_grid(images, config, seed=config.seed)
-  save_grid(grid, _OUT.value,
+  save_grid(grid, FLAGS.out,
             f'{source}, augment preset {config.augment.get("preset", "?")}')
-  print(f'Wrote {_OUT.value}')
+  print(f'Wrote {FLAGS.out}')
 
 
 def run():
   """Console-script entry point (`byol-jax-show-augmentations`)."""
+  _define_flags()
   console.run(main, sys.modules[__name__])
 
 
