@@ -11,9 +11,11 @@ from byol_jax.tools import ablate
 from helpers import write_fake_fashion_mnist
 
 
-def test_collapse_suite_variants_differ_only_in_their_factor():
-  suite = ablate.SUITES['collapse']
-  configs = {v.name: ablate.variant_config(suite, v, suite.steps)
+@pytest.mark.parametrize('name', ['collapse', 'collapse_v1'])
+def test_collapse_suite_variants_differ_only_in_their_factor(name):
+  suite = ablate.SUITES[name]
+  configs = {v.name: ablate.variant_config(suite, v, suite.steps, seed=2,
+                                           baselines=v is suite.variants[0])
              for v in suite.variants}
   assert set(configs) >= {'byol', 'byol_tau0', 'byol_no_predictor',
                           'byol_tau1', 'simclr', 'simsiam',
@@ -23,14 +25,28 @@ def test_collapse_suite_variants_differ_only_in_their_factor():
     # One encoder, batch, length and seed for all.
     assert (c.model.depth, c.model.width, c.model.stem, c.batch_size,
             c.num_train_steps, c.seed) == (18, 0.125, 'small_pool', 64,
-                                           suite.steps, 0)
-  # The BYOL settings docs/ablations.md was measured with.
-  for name in ('byol', 'byol_tau0', 'byol_tau1', 'byol_no_predictor',
-               'simclr'):
-    c = configs[name]
-    assert (c.target.init, c.optimizer.predictor_lr_multiplier) == (
-        'independent', 1.0)
-  assert configs['byol'].target.tau_base == 0.99
+                                           suite.steps, 2)
+  byol = configs['byol']
+  if name == 'collapse':
+    # BYOL as the demo config has it now.
+    demo = ablate.load_config('byol_fashion_mnist.py')
+    assert byol.target.to_dict() == demo.target.to_dict()
+    assert byol.optimizer.to_dict() == demo.optimizer.to_dict()
+    assert (byol.target.init, byol.target.tau_base,
+            byol.optimizer.predictor_lr_multiplier,
+            byol.optimizer.lars_order) == ('copy', 0.97, 10.0, 'official')
+    assert suite.seeds == (0, 1, 2) and suite.knn_every_steps == 500
+    no_predictor = {'model.use_predictor', 'optimizer.predictor_lr_multiplier'}
+  else:
+    # The BYOL settings docs/ablations.md's first table was measured with.
+    for v in ('byol', 'byol_tau0', 'byol_tau1', 'byol_no_predictor',
+              'simclr'):
+      c = configs[v]
+      assert (c.target.init, c.optimizer.predictor_lr_multiplier,
+              c.optimizer.lars_order) == ('independent', 1.0, 'optax')
+    assert byol.target.tau_base == 0.99
+    assert suite.seeds == (0,) and suite.knn_every_steps == 1250
+    no_predictor = {'model.use_predictor'}
 
   def diff(a, b):
     fa, fb = _flat(configs[a].to_dict()), _flat(configs[b].to_dict())
@@ -40,9 +56,9 @@ def test_collapse_suite_variants_differ_only_in_their_factor():
 
   assert diff('byol', 'byol_tau0') == {'target.tau_base', 'target.schedule'}
   assert diff('byol', 'byol_tau1') == {'target.tau_base'}
-  assert diff('byol', 'byol_no_predictor') == {'model.use_predictor'}
-  assert diff('byol', 'simclr') == {'model.use_predictor', 'target.use',
-                                    'loss.beta', 'loss.stop_gradient'}
+  assert diff('byol', 'byol_no_predictor') == no_predictor
+  assert diff('byol', 'simclr') == no_predictor | {
+      'target.use', 'loss.beta', 'loss.stop_gradient'}
   assert diff('simsiam', 'simsiam_no_stop_gradient') == {
       'loss.stop_gradient'}
   assert configs['byol_tau0'].target.tau_base == 0.0
@@ -79,8 +95,8 @@ def test_table_and_plot_from_recorded_metrics(tmp_path):
   suite = ablate.SUITES['collapse']
   healthy = 1 / 128 ** 0.5
 
-  def result(knn200, knn20, std, rank=6.0, **extra):
-    return dict(final={'eval/knn_top1_k200': knn200,
+  def result(knn200, knn20, std, rank=6.0, seed=0, **extra):
+    return dict(seed=seed, final={'eval/knn_top1_k200': knn200,
                        'eval/knn_top1_k20': knn20, **extra},
                 curve=[{'step': 50, 'collapse/normalized_std': 0.08,
                         'collapse/healthy_std': healthy,
@@ -90,11 +106,11 @@ def test_table_and_plot_from_recorded_metrics(tmp_path):
                         'collapse/effective_rank': rank},
                        {'step': 100, 'eval/knn_top1_k200': knn200}])
 
-  out = {'byol': result(0.80, 0.82, 0.07, **{
+  out = {'byol': [result(0.80, 0.82, 0.07, **{
       'random_init/knn_top1_k200': 0.70, 'random_init/knn_top1_k20': 0.72,
-      'raw_pixels/knn_top1_k200': 0.73, 'raw_pixels/knn_top1_k20': 0.80}),
-         'byol_no_predictor': result(0.60, 0.65, 0.003, rank=1.2),
-         'simsiam_no_stop_gradient': result(0.55, 0.6, 0.02, rank=1.1)}
+      'raw_pixels/knn_top1_k200': 0.73, 'raw_pixels/knn_top1_k20': 0.80})],
+         'byol_no_predictor': [result(0.60, 0.65, 0.003, rank=1.2)],
+         'simsiam_no_stop_gradient': [result(0.55, 0.6, 0.02, rank=1.1)]}
   table = ablate.markdown_table(suite, out, steps=100)
   rows = table.splitlines()
   assert ('| byol | learns (BYOL Table 5a, tau 0.99: 72.5) | 0.8000 | 0.8200'
@@ -106,9 +122,36 @@ def test_table_and_plot_from_recorded_metrics(tmp_path):
   assert ('| same encoder at random init | baseline | 0.7000 | 0.7200 '
           '| | | | |') in rows
   assert '| raw pixels | baseline | 0.7300 | 0.8000 | | | | |' in rows
-  assert 'after 100 steps' in rows[0]
+  assert 'after 100 steps, seed 0' in rows[0]
   ablate.plot(suite, out, str(tmp_path / 'p.png'))
   assert (tmp_path / 'p.png').read_bytes()[:4] == b'\x89PNG'
+
+  # Two seeds: mean ± sample std, each seed's gain over its own random
+  # init, and the verdicts counted where the seeds disagree.
+  base = lambda r: {'random_init/knn_top1_k200': r,
+                    'random_init/knn_top1_k20': r + 0.02,
+                    'raw_pixels/knn_top1_k200': 0.73,
+                    'raw_pixels/knn_top1_k20': 0.80}
+  out = {'byol': [result(0.80, 0.82, 0.07, **base(0.70)),
+                  result(0.72, 0.76, 0.05, rank=4.0, seed=1, **base(0.715))],
+         'byol_no_predictor': [result(0.60, 0.65, 0.003, rank=1.2),
+                               result(0.62, 0.66, 0.001, rank=1.0, seed=1)]}
+  rows = ablate.markdown_table(suite, out, steps=100).splitlines()
+  # By hand: mean 0.76, std |0.80 - 0.72| / sqrt(2) = 0.0566; gains 0.100 and
+  # 0.005: 0.0525 ± 0.0672; std 0.06 ± 0.0141; rank 5.0 ± 1.4.
+  assert ('| byol | learns (BYOL Table 5a, tau 0.99: 72.5) | 0.7600 ± 0.0566'
+          ' | 0.7900 ± 0.0424 | +0.0525 ± 0.0672 | 0.0600 ± 0.0141 (0.0884)'
+          ' | 5.0 ± 1.4 | learns 1/2, no better than random init 1/2 |'
+          ) in rows
+  assert any(r.startswith('| byol_no_predictor |') and r.endswith(
+      '| 1.1 ± 0.1 | collapsed |') for r in rows)
+  assert ('| same encoder at random init | baseline | 0.7075 ± 0.0106 | '
+          '0.7275 ± 0.0106 | | | | |') in rows
+  assert ('| raw pixels | baseline | 0.7300 ± 0.0000 | 0.8000 ± 0.0000 | '
+          '| | | |') in rows
+  assert 'mean ± sample std over seeds 0, 1' in rows[0]
+  ablate.plot(suite, out, str(tmp_path / 'p2.png'))
+  assert (tmp_path / 'p2.png').read_bytes()[:4] == b'\x89PNG'
 
 
 @pytest.mark.slow
@@ -131,26 +174,38 @@ def test_tiny_suite_end_to_end_resumes_and_refuses_other_settings(
   workdir = str(tmp_path / 'ablate')
   out = ablate.run_suite('tiny', workdir)
   assert set(out) == {'byol', 'simsiam_no_stop_gradient'}
+  assert [r['seed'] for r in out['byol']] == [0]  # The suite's seeds.
   table = open(os.path.join(workdir, 'tiny.md')).read()
   rows = [line for line in table.splitlines() if line.startswith('| ')]
   assert [r.split(' | ')[0] for r in rows[1:]] == [
       '| byol', '| simsiam_no_stop_gradient',
       '| same encoder at random init', '| raw pixels']
-  byol = out['byol']['final']
+  byol = out['byol'][0]['final']
   assert f'| {byol["eval/knn_top1_k20"]:.4f} |' in rows[1]
   # kNN monitored at step 2 and at the end, for the plot.
-  assert [r['step'] for r in out['byol']['curve']
+  assert [r['step'] for r in out['byol'][0]['curve']
           if 'eval/knn_top1_k20' in r] == [2, 4]
   assert os.path.getsize(os.path.join(workdir, 'tiny.png')) > 1000
   assert json.load(open(os.path.join(workdir, 'suite.json'))) == {
       'suite': 'tiny', 'steps': 4}
 
-  # Again: nothing retrained, nothing rewritten in the variants' workdirs.
-  results = os.path.join(workdir, 'byol', 'results')
+  # Again with a second seed: seed 0 reused (nothing retrained or
+  # rewritten), seed 1 trained with its own baselines.
+  results = os.path.join(workdir, 'byol', 'seed0', 'results')
   before = sorted(os.listdir(results))
-  again = ablate.run_suite('tiny', workdir)
+  again = ablate.run_suite('tiny', workdir, only=['byol'], seeds=[0, 1])
   assert sorted(os.listdir(results)) == before == ['knn_step4.json']
-  assert again['byol']['final'] == byol
+  assert [r['seed'] for r in again['byol']] == [0, 1]
+  assert again['byol'][0]['final'] == byol
+  seed1 = again['byol'][1]['final']
+  assert seed1['random_init/knn_top1_k20'] != byol['random_init/knn_top1_k20']
+  assert json.load(open(os.path.join(
+      workdir, 'byol', 'seed1', 'results', 'knn_step4.json')))['config'][
+          'seed'] == 1
+  rows = open(os.path.join(workdir, 'tiny.md')).read().splitlines()
+  assert 'mean ± sample std over seeds 0, 1' in rows[0]
+  with pytest.raises(validation.ConfigError, match='distinct seeds'):
+    ablate.run_suite('tiny', workdir, seeds=[1, 1])
 
   with pytest.raises(validation.ConfigError, match='use a new --workdir'):
     ablate.run_suite('tiny', workdir, steps=6)
