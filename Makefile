@@ -13,16 +13,20 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 demo: setup data
 	$(PY) -m byol_jax.main --config=configs/byol_fashion_mnist.py --workdir=$(WORKDIR)
 
-# Every test, the slow ones included (what CI runs).
+# Every test, the slow ones included (what CI runs), in TEST_WORKERS
+# processes (pytest-xdist; 0: in this one). Most tests compile or start a
+# process and leave a core idle part of the time: two workers on 2 cores.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS)
 test: setup
-	$(PY) -m pytest -q tests
+	$(PYTEST) tests
 
 # For iteration: all but the tests marked slow.
 test-fast: setup
-	$(PY) -m pytest -q -m 'not slow' tests
+	$(PYTEST) -m 'not slow' tests
 
 test-slow: setup
-	$(PY) -m pytest -q -m slow tests
+	$(PYTEST) -m slow tests
 
 setup: $(VENV)/.installed
 

@@ -12,9 +12,14 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # The command-line tests start many processes that compile the same train
 # step; JAX's persistent cache (read by every process, through the
 # environment) compiles it once: a CLI run drops from ~75 s to ~25 s. Fresh
-# for every session, so no test depends on an earlier session's state.
-_XLA_CACHE = tempfile.mkdtemp(prefix='byol_jax_test_xla_cache_')
-atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
+# for every session, so no test depends on an earlier session's state. Under
+# pytest-xdist the controller loads this file first and makes it; its
+# workers inherit it through the environment.
+_XLA_CACHE = os.environ.get('BYOL_JAX_TEST_CACHE')
+if not _XLA_CACHE:
+  _XLA_CACHE = tempfile.mkdtemp(prefix='byol_jax_test_xla_cache_')
+  os.environ['BYOL_JAX_TEST_CACHE'] = _XLA_CACHE
+  atexit.register(shutil.rmtree, _XLA_CACHE, ignore_errors=True)
 os.environ['JAX_COMPILATION_CACHE_DIR'] = _XLA_CACHE
 os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0.5'
 # model.conv_impl='auto' caches its convolution timings per machine: one
