@@ -285,6 +285,10 @@ def _baselines(out) -> dict[int, dict]:
           if any(k.startswith('random_init/') for k in r['final'])}
 
 
+def _seeds(out) -> list[int]:
+  return sorted({r['seed'] for runs in out.values() for r in runs})
+
+
 def _ks(out) -> list[int]:
   """The kNN k values in the results, largest (the headline) first."""
   final = next(iter(out.values()))[0]['final']
@@ -312,7 +316,7 @@ def _verdicts(verdicts: list[str]) -> str:
 def markdown_table(suite: Suite, out, steps: int) -> str:
   base = _baselines(out)
   k, k_small = _ks(out)[:2]
-  seeds = sorted({r['seed'] for runs in out.values() for r in runs})
+  seeds = _seeds(out)
   spread = (f'mean ± sample std over seeds {", ".join(map(str, seeds))}'
             if len(seeds) > 1 else f'seed {seeds[0]}')
   lines = [
@@ -400,7 +404,7 @@ def plot(suite: Suite, out, path: str) -> None:
   ax_std.axhline(1.0, color='gray', linestyle=':', label='healthy (1/sqrt(d))')
   ax_std.axhline(diagnostics.COLLAPSE_STD_FRACTION, color='red',
                  linestyle=':', label='collapse threshold')
-  seeds = len({r['seed'] for runs in out.values() for r in runs})
+  seeds = len(_seeds(out))
   ax_knn.set(title=f'weighted kNN (k={k}) test accuracy'
              + (f', mean of {seeds} seeds' if seeds > 1 else ''),
              xlabel='step')
