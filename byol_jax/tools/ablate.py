@@ -1,9 +1,9 @@
 r"""The papers' collapse findings, reproduced at CPU scale in one command.
 
   python -m byol_jax.tools.ablate --suite=collapse --workdir=runs/ablate
-  # 21 runs: 7 variants x 3 seeds of 2500 steps (not yet timed; the
-  # one-seed collapse_v1 took 54 minutes on 2 CPU cores).
-  # One seed first (later --seeds reuse it): --seeds=0
+  # 21 runs: 7 variants x 3 seeds of 2500 steps, 2h07m on 2 CPU cores
+  # (AMD EPYC, 5.5-6 minutes a run; docs/ablations.md).
+  # One seed first, ~40 minutes (later --seeds reuse it): --seeds=0
   # A quick look: --steps=300 --seeds=0
   # A subset: --variants=byol,simsiam_no_stop_gradient
   # docs/ablations.md's first table (the older BYOL settings, seed 0, 54
