@@ -55,6 +55,12 @@ def test_collapse_suite_variants_differ_only_in_their_factor(name):
             if fa.get(k) != fb.get(k)} - {'eval.baselines'}
 
   assert diff('byol', 'byol_tau0') == {'target.tau_base', 'target.schedule'}
+  if name == 'collapse':
+    assert diff('byol_tau0', 'byol_tau0_one_lr') == {
+        'optimizer.predictor_lr_multiplier'}
+    assert configs['byol_tau0_one_lr'].optimizer.predictor_lr_multiplier == 1
+  else:  # Its predictor already has the one LR: the row would repeat tau0.
+    assert 'byol_tau0_one_lr' not in configs
   assert diff('byol', 'byol_tau1') == {'target.tau_base'}
   assert diff('byol', 'byol_no_predictor') == no_predictor
   assert diff('byol', 'simclr') == no_predictor | {
@@ -83,6 +89,9 @@ def test_verdicts():
   assert ablate.verdict(0.75, 0.08, healthy, 0.7) == 'learns'
   assert ablate.verdict(0.705, 0.08, healthy, 0.7) == (
       'no better than random init')
+  assert ablate.verdict(0.695, 0.08, healthy, 0.7) == (
+      'no better than random init')
+  assert ablate.verdict(0.68, 0.08, healthy, 0.7) == 'below random init'
   # SimSiam's output BatchNorm keeps the std up while the projections
   # collapse onto one line: the effective rank tells.
   assert ablate.verdict(0.58, 0.03, healthy, 0.7, rank=1.1) == (

@@ -1,9 +1,9 @@
 r"""The papers' collapse findings, reproduced at CPU scale in one command.
 
   python -m byol_jax.tools.ablate --suite=collapse --workdir=runs/ablate
-  # 21 runs: 7 variants x 3 seeds of 2500 steps, 2h07m on 2 CPU cores
+  # 24 runs: 8 variants x 3 seeds of 2500 steps, ~2h25m on 2 CPU cores
   # (AMD EPYC, 5.5-6 minutes a run; docs/ablations.md).
-  # One seed first, ~40 minutes (later --seeds reuse it): --seeds=0
+  # One seed first, ~45 minutes (later --seeds reuse it): --seeds=0
   # A quick look: --steps=300 --seeds=0
   # A subset: --variants=byol,simsiam_no_stop_gradient
   # docs/ablations.md's first table (the older BYOL settings, seed 0, 54
@@ -23,6 +23,8 @@ the command again skips finished runs and resumes an interrupted one.
 The variants (`SUITES`), each the smallest change to a demo config:
   byol                      BYOL as the demo (EMA target, predictor)
   byol_tau0                 target = stop-gradient of online (tau = 0 kept)
+  byol_tau0_one_lr          the same with the predictor at the encoder's LR
+                            (Table 5a's setting; not in collapse_v1)
   byol_no_predictor         BYOL without the predictor
   byol_tau1                 a fixed random target (tau = 1)
   simclr                    beta = 1, no predictor, no target (contrastive)
@@ -117,6 +119,15 @@ _COLLAPSE = (
             {**_SIMSIAM_LR, 'loss.stop_gradient': False},
             'collapses, std -> 0 (SimSiam Fig. 2: 0.1)'),
 )
+# Table 5a's own setting for tau = 0: one LR for every parameter. With the
+# predictor at 10x (byol_tau0) tau = 0 is a near-optimal predictor without a
+# target network, which BYOL (Sec. 3.2) and SimSiam report need not
+# collapse. Not in collapse_v1, whose predictor already has the one LR.
+_TAU0_ONE_LR = Variant(
+    'byol_tau0_one_lr', _BYOL,
+    {'target.tau_base': 0.0, 'target.schedule': 'constant',
+     'optimizer.predictor_lr_multiplier': 1.0},
+    'collapses (Table 5a, tau 0, one LR: 0.3)')
 # 2500 steps (2.7 epochs), kNN with the whole train split as the bank (k=200
 # is meant for a large bank: on a 10,000-image bank BYOL's step-2500 encoder
 # scored 0.672 vs 0.675 at random init, on the full bank 0.745 vs 0.730).
@@ -127,7 +138,9 @@ _COMMON = {**_ENCODER, 'eval.knn_train_examples': -1,
 SUITES = {
     # BYOL as configs/byol_fashion_mnist.py has it now; kNN every 500 steps
     # (~25 s each) for the curves; three seeds for error bars.
-    'collapse': Suite(variants=_COLLAPSE, steps=2500, knn_every_steps=500,
+    'collapse': Suite(variants=(*_COLLAPSE[:2], _TAU0_ONE_LR,
+                                *_COLLAPSE[2:]),
+                      steps=2500, knn_every_steps=500,
                       common=_COMMON, seeds=(0, 1, 2)),
     # docs/ablations.md's first table: one seed, kNN at 1250 and 2500 steps
     # (~55 minutes).
@@ -259,7 +272,9 @@ def verdict(knn: float, std: float, healthy: float,
   'collapsed to rank 1' if the projections' effective rank fell under
   RANK_ONE (a batch-normalised output, like SimSiam's, keeps the std up
   while every projection lies on one line); else whether kNN beats the
-  random-init encoder by `margin`."""
+  random-init encoder by `margin` ('learns'), falls under it by `margin`
+  ('below random init': training lost what the random features had) or
+  neither."""
   if std < diagnostics.COLLAPSE_STD_FRACTION * healthy:
     return 'collapsed'
   if rank < RANK_ONE:
@@ -268,6 +283,8 @@ def verdict(knn: float, std: float, healthy: float,
     return '-'
   if knn >= random_init + margin:
     return 'learns'
+  if knn <= random_init - margin:
+    return 'below random init'
   return 'no better than random init'
 
 
