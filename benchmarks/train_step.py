@@ -18,6 +18,14 @@ reports images/s over `--steps` timed steps after one warm-up step, the
 first step's time (JAX: trace + compile), peak resident memory (ru_maxrss),
 and for JAX the step's FLOPs (XLA cost analysis) as a fraction of the
 machine's float32 matmul peak measured in the same child.
+
+A shared 2-core machine drifts by +-25% within minutes (the same PyTorch
+child measured 968, 1219 and 1486 img/s in one session), so one pair of
+children does not give a ratio. `--repeats` rounds run per (case, method),
+each round a PyTorch child followed at once by the JAX children; a line's
+ratio is the median over rounds of the ratio within a round (the two
+children seconds apart), printed with the rounds' lowest and highest ratio,
+and its images/s are the medians over rounds.
 """
 
 from __future__ import annotations
@@ -30,6 +38,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
 CASES = {
     # name: (depth, stem, image size, batch, width, channels)
@@ -41,6 +51,9 @@ CASES = {
 # Timed steps: enough to be seconds long, not minutes (an R50 step on 2
 # CPU cores takes ~30-60 s).
 STEPS = {'demo': 20, 'r18_32': 3, 'r50_224': 2}
+# Rounds per (case, method): each child recompiles (10-70 s), so the big
+# cases get fewer.
+REPEATS = {'demo': 5, 'r18_32': 3, 'r50_224': 2}
 HEADS = {  # (projector hidden, predictor hidden, output), our configs.
     ('byol', 'r18_32'): ((4096,), (4096,), 256),
     ('byol', 'r50_224'): ((4096,), (4096,), 256),
@@ -172,6 +185,25 @@ def _child(framework, case, method, steps, python, conv_impl='auto',
   return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def summarize(rounds: list[tuple[dict, dict]]) -> dict:
+  """One line from `rounds` of (PyTorch result, JAX result) pairs, each
+  pair measured back to back: the median of the per-round ratios, their
+  range, and per framework the median of each measurement (the 'auto'
+  timing: the first round's)."""
+  ratios = sorted(j['images_per_s'] / t['images_per_s'] for t, j in rounds)
+  med = lambda xs: float(np.median(xs))  # pylint: disable=unnecessary-lambda-assignment
+  return {
+      'ratio': med(ratios), 'ratio_min': ratios[0], 'ratio_max': ratios[-1],
+      'rounds': len(rounds),
+      'torch': {k: med([t[k] for t, _ in rounds]) for k in rounds[0][0]},
+      'jax': {k: med([j[k] for _, j in rounds]) for k in rounds[0][1]},
+      # The first round is the one that times the convolutions when the
+      # machine's cache is empty; later rounds read the cache.
+      'conv_plan_s_first': rounds[0][1]['conv_plan_s'],
+      'per_round': [{'torch': t['images_per_s'], 'jax': j['images_per_s']}
+                    for t, j in rounds]}
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--cases', default='demo,r18_32,r50_224')
@@ -179,6 +211,10 @@ def main():
   p.add_argument('--steps', type=int, default=None,
                  help='timed steps per line; default per case: '
                  f'{STEPS}')
+  p.add_argument('--repeats', type=int, default=None,
+                 help='rounds per (case, method), each a PyTorch child '
+                 'then the JAX children; default per case: '
+                 f'{REPEATS}')
   p.add_argument('--conv_impls', default='auto',
                  help="model.conv_impl values to time, comma-separated: "
                  "'auto' (the default config), 'xla', 'matmul'.")
@@ -199,9 +235,12 @@ def main():
     return
   from byol_jax import conv_autotune  # pylint: disable=g-import-not-at-top
   print(f'{conv_autotune.machine()}; {args.steps or STEPS} timed steps after '
-        'one warm-up, synthetic images, one child process per line.\n')
+        f'one warm-up, {args.repeats or REPEATS} rounds (a PyTorch child, '
+        'then the JAX children), synthetic images, one child process per '
+        'measurement.\n')
   header = (f'{"case":9s} {"method":8s} {"conv":12s} {"JAX img/s":>10s} '
-            f'{"torch img/s":>12s} {"ratio":>6s} {"JAX 1st s":>10s} '
+            f'{"torch img/s":>12s} {"ratio":>6s} {"(range)":>11s} '
+            f'{"JAX 1st s":>10s} '
             f'{"torch 1st s":>12s} {"plan s":>7s} {"matmul":>7s} '
             f'{"JAX MB":>8s} {"torch MB":>9s} '
             f'{"GFLOP/step":>11s} {"% matmul peak":>14s}')
@@ -209,28 +248,37 @@ def main():
   rows = []
   for case in args.cases.split(','):
     steps = args.steps or STEPS[case]
+    repeats = args.repeats or REPEATS[case]
     for method in args.methods.split(','):
-      t = _child('torch', case, method, steps, sys.executable)
-      for conv_impl, diag in [(c, d) for c in args.conv_impls.split(',')
-                              for d in args.diagnostics.split(',')]:
-        j = _child('jax', case, method, steps, sys.executable, conv_impl,
-                   diag)
-        ratio = j['images_per_s'] / t['images_per_s']
+      variants = [(c, d) for c in args.conv_impls.split(',')
+                  for d in args.diagnostics.split(',')]
+      rounds = {v: [] for v in variants}
+      for _ in range(repeats):
+        t = _child('torch', case, method, steps, sys.executable)
+        for conv_impl, diag in variants:
+          rounds[(conv_impl, diag)].append(
+              (t, _child('jax', case, method, steps, sys.executable,
+                         conv_impl, diag)))
+      for conv_impl, diag in variants:
+        line = summarize(rounds[(conv_impl, diag)])
+        j, t = line['jax'], line['torch']
         rows.append({'case': case, 'method': method, 'conv_impl': conv_impl,
-                     'diagnostics': diag, 'jax': j, 'torch': t,
-                     'ratio': ratio})
+                     'diagnostics': diag, **line})
         label = conv_impl + {'on': '', 'every': '-rank1',
                              'off': '-nodiag'}[diag]
+        span = f'({line["ratio_min"]:.2f}-{line["ratio_max"]:.2f})'
         print(f'{case:9s} {method:8s} {label:12s} '
               f'{j["images_per_s"]:10.1f} '
-              f'{t["images_per_s"]:12.1f} {ratio:6.2f} '
+              f'{t["images_per_s"]:12.1f} {line["ratio"]:6.2f} {span:>11s} '
               f'{j["first_step_s"]:10.1f} {t["first_step_s"]:12.1f} '
-              f'{j["conv_plan_s"]:7.1f} {j["matmul_conv_shapes"]:7d} '
+              f'{line["conv_plan_s_first"]:7.1f} {j["matmul_conv_shapes"]:7.0f} '
               f'{j["peak_rss_mb"]:8.0f} {t["peak_rss_mb"]:9.0f} '
               f'{j["gflop_per_step"]:11.1f} '
               f'{100 * j["achieved_gflops"] / j["matmul_peak_gflops"]:13.0f}%',
               flush=True)
-  print('\nratio = JAX images/s / PyTorch images/s (> 1: JAX faster). '
+  print('\nratio = median over rounds of JAX images/s / PyTorch images/s '
+        'within a round (> 1: JAX faster), (range) the lowest and highest '
+        'round; images/s, first steps and memory are medians over rounds. '
         "JAX 1st s: trace + compile + run of the first step; plan s: "
         "model.conv_impl='auto' timing the convolutions (~0 once cached); "
         'matmul: convolution shapes it gave to matmul_conv.')
