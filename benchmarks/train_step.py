@@ -24,7 +24,7 @@ child measured 968, 1219 and 1486 img/s in one session), so one pair of
 children does not give a ratio. `--repeats` rounds run per (case, method),
 each round a PyTorch child followed at once by the JAX children; a line's
 ratio is the median over rounds of the ratio within a round (the two
-children seconds apart), printed with the rounds' lowest and highest ratio,
+children back to back), printed with the rounds' lowest and highest ratio,
 and its images/s are the medians over rounds.
 """
 
