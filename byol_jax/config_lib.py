@@ -128,6 +128,13 @@ def eval_base_config() -> ml_collections.ConfigDict:
   c.optimizer = ml_collections.ConfigDict(dict(
       base_lr=0.2, lr_scaling='none', momentum=0.9, nesterov=True,
       weight_decay=0.0))
+  # Linear evaluation only: the base LRs to choose among, each trained on
+  # the train split less lr_sweep_holdout class-balanced examples and
+  # tested on those; the best is then trained on the whole train split.
+  # Empty: optimizer.base_lr, no sweep. BYOL: (0.4, 0.3, 0.2, 0.1, 0.05)
+  # on 10009 held-out images.
+  c.lr_sweep = ()
+  c.lr_sweep_holdout = 10000
   # Fine-tuning's labelled examples: a class-balanced fraction drawn with
   # `seed`, or the file names listed in `file` (SimCLR's ImageNet subsets).
   c.subset = ml_collections.ConfigDict(dict(fraction=1.0, file='', seed=0))

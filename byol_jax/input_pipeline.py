@@ -326,7 +326,35 @@ def labelled_subset(source, *, fraction: float = 1.0, seed: int = 0,
         'A class-balanced subset.fraction of a streamed dataset would read '
         'every label first; give the subset as subset.file (e.g. SimCLR\'s '
         '1percent.txt), or load the dataset with dataset.in_memory=True.')
-  index = class_balanced_subset(source.labels, fraction, seed)
+  return select(source, class_balanced_subset(source.labels, fraction, seed))
+
+
+def holdout_split(labels: np.ndarray, n: int, seed: int
+                  ) -> tuple[np.ndarray, np.ndarray]:
+  """(kept, held-out) indices: about n examples, class-balanced and drawn
+  with `seed`, held out (e.g. a validation split to pick an LR on)."""
+  held = class_balanced_subset(labels, min(1.0, n / len(labels)), seed)
+  return np.setdiff1d(np.arange(len(labels)), held), held
+
+
+def hold_out(source, n: int, seed: int):
+  """(kept, held-out) sources: `holdout_split` of an in-memory or folder
+  source; of a streamed TFDS split, its first n examples (TFDS shuffles a
+  split's examples when it writes the files) and the rest."""
+  if isinstance(source, StreamSource):
+    if '[' in source.split or source.file_names is not None:
+      raise ValueError(
+          f'Cannot hold examples out of the streamed split '
+          f'{source.split!r}: give a whole split (e.g. train).')
+    return (StreamSource(source.builder, f'{source.split}[{n}:]',
+                         len(source) - n),
+            StreamSource(source.builder, f'{source.split}[:{n}]', n))
+  kept, held = holdout_split(source.labels, n, seed)
+  return select(source, kept), select(source, held)
+
+
+def select(source, index: np.ndarray):
+  """The examples `index` of an in-memory or folder source."""
   if isinstance(source, FolderSource):
     return source.subset(index)
   return dataclasses.replace(source, images=source.images[index],

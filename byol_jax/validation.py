@@ -149,6 +149,7 @@ def validate_eval(config, mode: str, num_devices: int,
           'checkpoint_every_steps must be >= 0 (0: only at the end).')
     check(config.keep_checkpoints >= 1, 'keep_checkpoints must be >= 1.')
     _check_batch_sizes(check, config, num_devices, num_processes)
+    _check_lr_sweep(check, config, mode)
   else:  # kNN reads only the eval settings.
     size = config.eval.batch_size
     check(isinstance(size, int) and size > 0 and size % num_devices == 0,
@@ -158,6 +159,23 @@ def validate_eval(config, mode: str, num_devices: int,
   check_dataset(check, config.dataset)
   if errors:
     raise ConfigError('Invalid config:\n  - ' + '\n  - '.join(errors))
+
+
+def _check_lr_sweep(check, config, mode: str):
+  """lr_sweep: distinct finite base LRs > 0, for linear evaluation only."""
+  sweep = config.get('lr_sweep', ())
+  if not sweep:
+    return
+  if mode != 'linear':
+    check(False, f'lr_sweep={tuple(sweep)} applies to --mode=linear only; '
+          'set lr_sweep=() and run one fine-tuning per optimizer.base_lr.')
+    return
+  check(all(isinstance(lr, (int, float)) and _finite(lr) and lr > 0
+            for lr in sweep) and len(set(sweep)) == len(sweep),
+        f'lr_sweep={tuple(sweep)} must list distinct finite base LRs > 0.')
+  holdout = config.lr_sweep_holdout
+  check(isinstance(holdout, int) and holdout > 0,
+        f'lr_sweep_holdout={holdout} must be a number of train examples > 0.')
 
 
 def _check_batch_sizes(check, config, num_devices: int, num_processes: int):

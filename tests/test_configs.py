@@ -52,6 +52,8 @@ def test_linear_eval_and_finetune_protocol_rows():
   assert (c.batch_size, c.num_epochs, c.augment.train, c.augment.crop_area,
           c.dataset.eval_crop_fraction) == (1024, 80, True, (0.08, 1.0),
                                             0.875)
+  assert (c.lr_sweep, c.lr_sweep_holdout) == ((0.4, 0.3, 0.2, 0.1, 0.05),
+                                              10009)
   one, ten = load('finetune_imagenet.py', 'percent=1'), load(
       'finetune_imagenet.py', 'percent=10')
   assert (one.subset.fraction, one.num_epochs) == (0.01, 30)

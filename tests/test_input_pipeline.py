@@ -272,3 +272,37 @@ def test_subset_file_keeps_only_the_listed_examples_of_a_stream(tmp_path):
         shuffle_buffer=16).as_numpy_iterator())
   assert batch['image'].shape == (8, 32, 32, 3)
   assert set(batch['label'].tolist()) <= {int(ex['label']) for ex in chosen}
+
+
+def test_hold_out_of_a_stream_is_its_first_examples_and_the_rest(local_tfds):
+  source = ip.StreamSource(local_tfds, 'train', 200)
+  kept, held = ip.hold_out(source, 30, seed=0)
+  assert (len(kept), len(held)) == (170, 30)
+  ids = lambda s: sorted(int(ex['id']) for ex in s.examples(
+      decode=False).as_numpy_iterator())
+  # The split's examples in index order: one file after another.
+  in_order = [int(ex['id']) for ex in tfds.as_numpy(local_tfds.as_dataset(
+      split='train', read_config=tfds.ReadConfig(interleave_cycle_length=1),
+      decoders={'image': tfds.decode.SkipDecoding()}))]
+  assert ids(held) == sorted(in_order[:30])
+  assert ids(kept) == sorted(in_order[30:])
+  with pytest.raises(ValueError, match='give a whole split'):
+    ip.hold_out(held, 10, seed=0)
+
+
+def test_hold_out_in_memory_is_class_balanced_disjoint_and_seeded():
+  labels = np.repeat(np.arange(10), 100).astype(np.int32)
+  # Each image's one pixel pair is its index: (i // 256, i % 256).
+  index = np.arange(1000)
+  source = ip.ArraySource(np.stack([index // 256, index % 256], -1).astype(
+      np.uint8).reshape(1000, 1, 1, 2), labels)
+  ids = lambda s: (s.images[:, 0, 0, 0].astype(int) * 256
+                   + s.images[:, 0, 0, 1])
+  kept, held = ip.hold_out(source, 200, seed=3)
+  assert np.bincount(held.labels).tolist() == [20] * 10
+  assert sorted(np.concatenate([ids(kept), ids(held)])) == list(index)
+  assert np.array_equal(labels[ids(held)], held.labels)
+  same, _ = ip.hold_out(source, 200, seed=3)
+  other, _ = ip.hold_out(source, 200, seed=4)
+  assert np.array_equal(kept.images, same.images)
+  assert not np.array_equal(kept.images, other.images)

@@ -5,6 +5,7 @@ and the errors raised before anything compiles."""
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from byol_jax import validation
@@ -67,3 +68,57 @@ def test_protocol_errors_before_any_compilation(pretrained, tmp_path):
     protocols.run(None, 'linear', str(workdir))
   with pytest.raises(FileNotFoundError, match='pretraining --workdir'):
     protocols.run(c, 'linear', str(tmp_path))
+
+
+@pytest.mark.parametrize('augment', [False, True])
+def test_lr_sweep_picks_the_best_validation_lr_then_trains_on_all(
+    pretrained, tmp_path, augment):
+  source, idx = pretrained
+  workdir = tmp_path / 'run'
+  shutil.copytree(source / 'checkpoints', workdir / 'checkpoints')
+  c = eval_config('linear_eval_fashion_mnist.py', idx, **{
+      'lr_sweep': (0.05, 2.0), 'lr_sweep_holdout': 40,
+      'augment.train': augment})
+  rec = protocols.run(c, 'linear', str(workdir))
+  scores = rec['metrics']['lr_sweep_val_top1']
+  assert set(scores) == {'0.05', '2'}
+  assert rec['metrics']['base_lr'] == (0.05 if scores['0.05'] >= scores['2']
+                                       else 2.0)
+  assert tuple(rec['config']['lr_sweep']) == (0.05, 2.0)
+  run_dir = workdir / 'eval/linear_step4'
+  steps = lambda d: [json.loads(l)['step'] for l in open(d / 'metrics.jsonl')]
+  # 4 of each class held out (labels i % 10): 2 epochs of the 24 fit
+  # examples at batch 16 are 3 steps per LR; the final head 2 epochs of all
+  # 64: 8 steps, at the chosen LR.
+  for lr in ('0.05', '2'):
+    assert steps(run_dir / f'lr_sweep/base_lr_{lr}')[-1] == 3
+  assert steps(run_dir)[-1] == 8
+  # The first record: the mean LR of steps 0-3 of a cosine from the chosen
+  # base LR to 0 over 8 steps.
+  logged = [json.loads(l) for l in open(run_dir / 'metrics.jsonl')]
+  cosine = 0.5 * (1 + np.cos(np.pi * np.arange(4) / 8))
+  assert logged[0]['learning_rate'] == pytest.approx(
+      rec['metrics']['base_lr'] * cosine.mean(), rel=1e-5)
+
+  # Stopped after the sweep, before the final head's first checkpoint: the
+  # same command finds its directory again (not linear_step4.2) and gets the
+  # same validation scores from the finished sweep runs.
+  shutil.rmtree(run_dir / 'checkpoints')
+  again = protocols.run(c, 'linear', str(workdir))
+  assert not (workdir / 'eval/linear_step4.2').exists()
+  assert again['metrics']['lr_sweep_val_top1'] == scores
+  assert (workdir / 'results/linear_step4.2.json').exists()
+
+
+def test_lr_sweep_errors_before_any_compilation(pretrained):
+  workdir, idx = pretrained
+  with pytest.raises(validation.ConfigError, match='leaves nothing to fit'):
+    protocols.run(eval_config('linear_eval_fashion_mnist.py', idx, **{
+        'lr_sweep': (0.1, 0.2), 'lr_sweep_holdout': 64}), 'linear',
+        str(workdir))
+  with pytest.raises(validation.ConfigError, match='distinct finite'):
+    protocols.run(eval_config('linear_eval_fashion_mnist.py', idx, **{
+        'lr_sweep': (0.1, -1.0)}), 'linear', str(workdir))
+  with pytest.raises(validation.ConfigError, match='--mode=linear only'):
+    protocols.run(eval_config('finetune_fashion_mnist.py', idx, **{
+        'lr_sweep': (0.1, 0.2)}), 'finetune', str(workdir))

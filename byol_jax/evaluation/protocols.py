@@ -136,18 +136,74 @@ def linear_eval(config, encoder, encoder_variables, mesh, train_source,
                 ) -> dict[str, float]:
   """Linear evaluation: frozen encoder, BatchNorm in inference mode. With
   augment.train=False the features are extracted once and the head trains
-  on them (the fast path; same optimizer, schedule and steps)."""
+  on them (the fast path; same optimizer, schedule and steps). With
+  config.lr_sweep the base LR is picked first on a held-out split of the
+  train examples (`select_learning_rate`)."""
   if config.augment.train:
-    return train_classifier(config, encoder, mesh, train_source, eval_source,
-                            eval_dir, stop, frozen=encoder_variables)
+    def fit_and_test(c, train, test, directory):
+      return train_classifier(c, encoder, mesh, train, test, directory, stop,
+                              frozen=encoder_variables)
+    train, test = train_source, eval_source
+    split = lambda: input_pipeline.hold_out(train, config.lr_sweep_holdout,
+                                            config.seed)
+  else:
+    embed = features.make_embed_fn(encoder, mesh)
+    logging.info('Extracting the features of %d train and %d test examples.',
+                 len(train_source), len(eval_source))
+    train = features.extract(embed, encoder_variables,
+                             _eval_batches(config, train_source))
+    test = features.extract(embed, encoder_variables,
+                            _eval_batches(config, eval_source))
+
+    def fit_and_test(c, train, test, directory):
+      return _head_on_features(c, train, test, mesh, directory, stop)
+
+    def split():
+      return tuple({k: v[index] for k, v in train.items()}
+                   for index in input_pipeline.holdout_split(
+                       train['label'], config.lr_sweep_holdout, config.seed))
+  if not config.lr_sweep:
+    return fit_and_test(config, train, test, eval_dir)
+  fit, held_out = split()
+  count = lambda x: len(x['label']) if isinstance(x, dict) else len(x)
+  logging.info('LR sweep over base LRs %s: %d examples to fit, %d held out.',
+               tuple(config.lr_sweep), count(fit), count(held_out))
+  best, scores = select_learning_rate(
+      config, lambda c, directory: fit_and_test(c, fit, held_out, directory),
+      eval_dir)
+  config = config.copy_and_resolve_references()
+  config.optimizer.base_lr = best
+  logging.info('Training the linear head on all %d train examples at the '
+               'chosen base LR %g.', len(train_source), best)
+  metrics = fit_and_test(config, train, test, eval_dir)
+  return {**metrics, 'base_lr': best, 'lr_sweep_val_top1': scores}
+
+
+def select_learning_rate(config, fit_and_test, eval_dir: str
+                         ) -> tuple[float, dict[str, float]]:
+  """BYOL appendix C: one classifier per base LR of config.lr_sweep
+  (`fit_and_test(config, directory)` trains on the fit split and returns
+  validation metrics), each in eval_dir/lr_sweep/base_lr_<lr>/ (resumable
+  like the final run). Returns the base LR of the best validation top-1
+  (the first listed on a tie) and every LR's validation top-1."""
+  scores = {}
+  for lr in config.lr_sweep:
+    c = config.copy_and_resolve_references()
+    c.optimizer.base_lr = lr
+    logging.info('LR sweep: base LR %g on the fit split.', lr)
+    scores[f'{lr:g}'] = fit_and_test(
+        c, os.path.join(eval_dir, 'lr_sweep', f'base_lr_{lr:g}'))['top1']
+    logging.info('LR sweep: base LR %g -> validation top-1 %.4f.', lr,
+                 scores[f'{lr:g}'])
+  best = max(config.lr_sweep, key=lambda lr: scores[f'{lr:g}'])
+  return float(best), scores
+
+
+def _head_on_features(config, train: dict, test: dict, mesh, eval_dir: str,
+                      stop: loop.StopRequest) -> dict[str, float]:
+  """The fast path: a linear head trained on extracted train features
+  {'embedding': (N, F), 'label': (N,)} and tested on `test`'s."""
   d = config.dataset
-  embed = features.make_embed_fn(encoder, mesh)
-  logging.info('Extracting the features of %d train and %d test examples.',
-               len(train_source), len(eval_source))
-  train = features.extract(embed, encoder_variables,
-                           _eval_batches(config, train_source))
-  test = features.extract(embed, encoder_variables,
-                          _eval_batches(config, eval_source))
   total = run_length.total_steps(config, len(train['label']))
   optimizer, schedule = classifier.make_optimizer(
       config.optimizer, total, config.batch_size)
@@ -242,6 +298,8 @@ def run(config: Optional[ml_collections.ConfigDict], mode: str,
         f'--mode={mode} needs labelled training and evaluation images, and '
         f'{d.path or d.name} has none: give a folder with class subfolders '
         '(dataset.path, and dataset.eval_path or dataset.eval_holdout).')
+  if mode == 'linear' and config.lr_sweep:
+    _check_sweep_data(config, train_source)
   workdir = os.path.dirname(net.directory.rstrip('/'))
   name = result_name(config, mode, step)
   if random_init:
@@ -287,6 +345,25 @@ def run(config: Optional[ml_collections.ConfigDict], mode: str,
   return record
 
 
+def _check_sweep_data(config, train_source):
+  """The LR sweep's held-out split fits in the train split and, on the
+  augmented path, can be picked from it."""
+  n = len(train_source)
+  if config.lr_sweep_holdout >= n:
+    raise validation.ConfigError(
+        f'lr_sweep_holdout={config.lr_sweep_holdout} leaves nothing to fit '
+        f'of the {n} train examples; hold out fewer.')
+  if (config.augment.train
+      and isinstance(train_source, input_pipeline.StreamSource)
+      and ('[' in train_source.split or train_source.file_names)):
+    raise validation.ConfigError(
+        f'lr_sweep with augment.train=True holds the first '
+        f'{config.lr_sweep_holdout} examples out of the streamed train split, '
+        f'which needs a whole split, not {train_source.split!r}; set '
+        'dataset.train_split=train, or augment.train=False (features '
+        'extracted once).')
+
+
 def initial_variables(saved: dict, mesh):
   """The online network as the pretraining run initialised it (same seed
   and key split as train_step.init_state)."""
@@ -305,18 +382,33 @@ def _json(tree):
 
 
 def _resumable_dir(path: str, config) -> str:
-  """`path`, or path.2, path.3, ...: the first that is new or holds the
-  checkpoints of a run of this same config (which is then resumed). Another
-  config's directory, or one without checkpoints, is never written into.
-  Processes agree on process 0's choice."""
+  """`path`, or path.2, path.3, ...: the first that is new or holds a run
+  of this same config (its checkpoints' config, or the config.json written
+  when the run began), which is then resumed. Another config's directory,
+  or one with neither, is never written into. Processes agree on process
+  0's choice, and process 0 writes config.json into a new one."""
   want, candidate, i = _json(config.to_dict()), path, 1
   while tf.io.gfile.exists(candidate):
+    marker = os.path.join(candidate, 'config.json')
     if tf.io.gfile.isdir(checkpointing.checkpoint_dir(candidate)):
       saved = checkpointing.load_config(checkpointing.make_manager(candidate))
       if saved is None or _json(saved) == want:
         break
+    elif tf.io.gfile.exists(marker):
+      with tf.io.gfile.GFile(marker) as f:
+        if json.load(f) == want:
+          break
     i += 1
     candidate = f'{path}.{i}'
   if jax.process_count() > 1:
     i = int(multihost_utils.broadcast_one_to_all(np.int32(i)))
-  return path if i == 1 else f'{path}.{i}'
+  chosen = path if i == 1 else f'{path}.{i}'
+  marker = os.path.join(chosen, 'config.json')
+  if jax.process_index() == 0 and not tf.io.gfile.exists(marker):
+    # Before any training: an evaluation stopped before its first
+    # checkpoint (an LR sweep's final run, say) is found again.
+    tf.io.gfile.makedirs(chosen)
+    with tf.io.gfile.GFile(marker + '.tmp', 'w') as f:
+      json.dump(want, f, indent=2)
+    tf.io.gfile.rename(marker + '.tmp', marker, overwrite=True)
+  return chosen
