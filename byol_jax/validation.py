@@ -170,8 +170,10 @@ def _check_lr_sweep(check, config, mode: str):
     check(False, f'lr_sweep={tuple(sweep)} applies to --mode=linear only; '
           'set lr_sweep=() and run one fine-tuning per optimizer.base_lr.')
     return
+  # Distinct as printed too: each LR's head lives in lr_sweep/base_lr_<lr:g>.
   check(all(isinstance(lr, (int, float)) and _finite(lr) and lr > 0
-            for lr in sweep) and len(set(sweep)) == len(sweep),
+            for lr in sweep)
+        and len({f'{lr:g}' for lr in sweep}) == len(sweep),
         f'lr_sweep={tuple(sweep)} must list distinct finite base LRs > 0.')
   holdout = config.lr_sweep_holdout
   check(isinstance(holdout, int) and holdout > 0,

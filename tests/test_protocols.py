@@ -116,9 +116,10 @@ def test_lr_sweep_errors_before_any_compilation(pretrained):
     protocols.run(eval_config('linear_eval_fashion_mnist.py', idx, **{
         'lr_sweep': (0.1, 0.2), 'lr_sweep_holdout': 64}), 'linear',
         str(workdir))
-  with pytest.raises(validation.ConfigError, match='distinct finite'):
-    protocols.run(eval_config('linear_eval_fashion_mnist.py', idx, **{
-        'lr_sweep': (0.1, -1.0)}), 'linear', str(workdir))
+  for sweep in ((0.1, -1.0), (0.1, 0.1000001)):
+    with pytest.raises(validation.ConfigError, match='distinct finite'):
+      protocols.run(eval_config('linear_eval_fashion_mnist.py', idx, **{
+          'lr_sweep': sweep}), 'linear', str(workdir))
   with pytest.raises(validation.ConfigError, match='--mode=linear only'):
     protocols.run(eval_config('finetune_fashion_mnist.py', idx, **{
         'lr_sweep': (0.1, 0.2)}), 'finetune', str(workdir))
