@@ -67,6 +67,12 @@ def test_collapse_suite_variants_differ_only_in_their_factor(name):
       'target.use', 'loss.beta', 'loss.stop_gradient'}
   assert diff('simsiam', 'simsiam_no_stop_gradient') == {
       'loss.stop_gradient'}
+  # SimSiam's fixed-LR predictor: 5x since 2026-12-04, 1x in collapse_v1.
+  for v in ('simsiam', 'simsiam_no_stop_gradient'):
+    c = configs[v]
+    assert c.optimizer.fixed_predictor_lr and c.optimizer.base_lr == 0.5
+    assert c.optimizer.predictor_lr_multiplier == (
+        5.0 if name == 'collapse' else 1.0)
   assert configs['byol_tau0'].target.tau_base == 0.0
   assert configs['byol_tau1'].target.tau_base == 1.0
   assert configs['simclr'].loss.beta == 1.0
