@@ -8,12 +8,20 @@ shapes of our benchmark networks, with `lax.conv_general_dilated` (what
 `model.conv_impl='xla'` runs) and with `networks.matmul_conv` (the kernel's
 kh*kw shifted slices of the input concatenated and multiplied by the
 reshaped kernel: `model.conv_impl='matmul'`), alternating the two in one
-run, and prints the ratio per layer.
+run, and prints the ratio per layer. Where torch is importable (the bench
+venv: `.venv-bench/bin/python benchmarks/conv_impl.py`), the same layer's
+forward + backward in PyTorch (oneDNN, NCHW, the same padding) too, and the
+faster JAX implementation's speed against it. XLA_FLAGS in the environment
+apply to the JAX columns (e.g. XLA's CPU library fusions,
+`--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION`).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import time
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +46,55 @@ SHAPES = {
 }
 
 
+def torch_seconds_per_call(n, side, cin, cout, k, s, repeats):
+  """Median seconds of one PyTorch conv2d forward + backward (w.r.t. input
+  and kernel) of sum(y**2), after a warm-up call; None without torch."""
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return None
+  torch.set_num_threads(os.cpu_count())
+  x = torch.randn(n, cin, side, side, requires_grad=True)
+  w = (torch.randn(cout, cin, k, k) * 0.1).requires_grad_()
+
+  def call():
+    x.grad = w.grad = None
+    y = torch.nn.functional.conv2d(x, w, stride=s, padding=k // 2)
+    y.square().sum().backward()
+  call()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    call()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> tuple:
+  """fp32 (n x n) @ (n x n) GFLOP/s: JAX's, and PyTorch's (None without
+  torch): whether a gap per layer is the matmul kernel or the convolution."""
+  a = jax.random.normal(jax.random.key(0), (n, n))
+  mm = jax.jit(jnp.matmul)
+  jax.block_until_ready(mm(a, a))
+  jax_s = statistics.median(
+      _timed(lambda: jax.block_until_ready(mm(a, a))) for _ in range(repeats))
+  try:
+    import torch  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return 2 * n**3 / jax_s / 1e9, None
+  torch.set_num_threads(os.cpu_count())
+  t = torch.randn(n, n)
+  t @ t
+  torch_s = statistics.median(_timed(lambda: t @ t) for _ in range(repeats))
+  return 2 * n**3 / jax_s / 1e9, 2 * n**3 / torch_s / 1e9
+
+
+def _timed(fn) -> float:
+  t0 = time.perf_counter()
+  fn()
+  return time.perf_counter() - t0
+
+
 def main():
   print(f'Measured on {conv_autotune.machine()}.')
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
@@ -45,8 +102,12 @@ def main():
                  help=f'comma-separated, from {sorted(SHAPES)}')
   p.add_argument('--repeats', type=int, default=3)
   args = p.parse_args()
+  jax_peak, torch_peak = matmul_gflops()
+  print(f'2048x2048 fp32 matmul: JAX {jax_peak:.0f} GFLOP/s'
+        + ('' if torch_peak is None else f', PyTorch {torch_peak:.0f}'))
   print(f'{"net":8s} {"layer (batch side cin->cout kxk/s)":36s} '
-        f'{"xla ms":>9s} {"matmul ms":>10s} {"matmul speed-up":>16s}')
+        f'{"xla ms":>9s} {"matmul ms":>10s} {"matmul speed-up":>16s} '
+        f'{"torch ms":>9s} {"best JAX / torch":>17s}')
   for net in args.shapes.split(','):
     for n, side, cin, cout, k, s in SHAPES[net]:
       # The timing model.conv_impl='auto' makes (median of `repeats`).
@@ -56,9 +117,12 @@ def main():
           conv, *shape, repeats=args.repeats, budget_s=float('inf'))
                  for conv in (jax.lax.conv_general_dilated,
                               networks.matmul_conv))
+      pt = torch_seconds_per_call(n, side, cin, cout, k, s, args.repeats)
       layer = conv_autotune.describe(shape)
+      versus = ('' if pt is None else
+                f' {1e3 * pt:9.2f} {pt / min(xla, mm):16.2f}x')
       print(f'{net:8s} {layer:36s} {1e3 * xla:9.2f} {1e3 * mm:10.2f} '
-            f'{xla / mm:15.2f}x', flush=True)
+            f'{xla / mm:15.2f}x{versus}', flush=True)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,43 @@
+"""benchmarks/conv_impl.py (`make bench-conv`) runs end to end on a tiny
+layer set: a header naming the machine and the matmul peak, then one row
+per layer with both implementations' times (no PyTorch column without
+torch, which `make test`'s venv does not have)."""
+
+import importlib.util
+import os
+import sys
+
+import pytest
+
+from helpers import ROOT
+
+
+def _bench():
+  spec = importlib.util.spec_from_file_location(
+      'bench_conv_impl', os.path.join(ROOT, 'benchmarks', 'conv_impl.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_tiny_layer_set_prints_a_row_per_layer(monkeypatch, capsys):
+  bench = _bench()
+  monkeypatch.setitem(bench.SHAPES, 'tiny', [(2, 8, 3, 4, 3, 1),
+                                            (2, 8, 4, 8, 3, 2)])
+  monkeypatch.setattr(bench, 'matmul_gflops', lambda: (12.5, None))
+  monkeypatch.setattr(sys, 'argv', ['conv_impl.py', '--shapes=tiny',
+                                    '--repeats=1'])
+  bench.main()
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[0].startswith('Measured on ')
+  assert lines[1] == '2048x2048 fp32 matmul: JAX 12 GFLOP/s'
+  rows = [l.split() for l in lines[3:]]
+  assert [r[2:4] for r in rows] == [['8x8', '3->4'], ['8x8', '4->8']]
+  if bench.torch_seconds_per_call(2, 8, 3, 4, 3, 1, 1) is None:
+    for r in rows:  # tiny b2 8x8 3->4 3x3/1 xla matmul speed-up
+      assert len(r) == 8
+      xla, mm, ratio = float(r[5]), float(r[6]), float(r[7].rstrip('x'))
+      assert xla > 0 and mm > 0
+      # The times are printed to 0.01 ms, the ratio from the exact ones.
+      lo, hi = (xla - 0.005) / (mm + 0.005), (xla + 0.005) / (mm - 0.005)
+      assert lo - 0.005 <= ratio <= hi + 0.005
