@@ -2,6 +2,7 @@
 command line with a tiny model, and reading a saved state back."""
 
 import gzip
+import importlib.util
 import os
 import struct
 import subprocess
@@ -13,6 +14,15 @@ import orbax.checkpoint as ocp
 from ml_collections.config_flags import config_flags as cf
 
 ROOT = os.path.join(os.path.dirname(__file__), '..')
+
+
+def load_benchmark(name: str):
+  """benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+  spec = importlib.util.spec_from_file_location(
+      f'bench_{name}', os.path.join(ROOT, 'benchmarks', f'{name}.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 TINY = ['--config.model.width=0.0625', '--config.model.projector_hidden=(16,)',
         '--config.model.predictor_hidden=(16,)',
         '--config.model.projection_dim=8', '--config.batch_size=16',

@@ -3,25 +3,13 @@ layer set: a header naming the machine and the matmul peak, then one row
 per layer with both implementations' times (no PyTorch column without
 torch, which `make test`'s venv does not have)."""
 
-import importlib.util
-import os
 import sys
 
-import pytest
-
-from helpers import ROOT
-
-
-def _bench():
-  spec = importlib.util.spec_from_file_location(
-      'bench_conv_impl', os.path.join(ROOT, 'benchmarks', 'conv_impl.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from helpers import load_benchmark
 
 
 def test_tiny_layer_set_prints_a_row_per_layer(monkeypatch, capsys):
-  bench = _bench()
+  bench = load_benchmark('conv_impl')
   monkeypatch.setitem(bench.SHAPES, 'tiny', [(2, 8, 3, 4, 3, 1),
                                             (2, 8, 4, 8, 3, 2)])
   monkeypatch.setattr(bench, 'matmul_gflops', lambda: (12.5, None))

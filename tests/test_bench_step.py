@@ -2,18 +2,11 @@
 reports is the median of within-round ratios (each JAX child beside the
 PyTorch child of its own round), not a ratio of medians or of one pair."""
 
-import importlib.util
-import os
-
-from helpers import ROOT
+from helpers import load_benchmark
 
 
 def _harness():
-  spec = importlib.util.spec_from_file_location(
-      'bench_train_step', os.path.join(ROOT, 'benchmarks', 'train_step.py'))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return load_benchmark('train_step')
 
 
 def _r(ips, plan=0.1):
