@@ -19,6 +19,7 @@ apply to the JAX columns (e.g. XLA's CPU library fusions,
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import statistics
 import time
@@ -105,9 +106,11 @@ def main():
   jax_peak, torch_peak = matmul_gflops()
   print(f'2048x2048 fp32 matmul: JAX {jax_peak:.0f} GFLOP/s'
         + ('' if torch_peak is None else f', PyTorch {torch_peak:.0f}'))
+  versus_torch = (f' {"torch ms":>9s} {"best JAX / torch":>17s}'
+                  if importlib.util.find_spec('torch') else '')
   print(f'{"net":8s} {"layer (batch side cin->cout kxk/s)":36s} '
-        f'{"xla ms":>9s} {"matmul ms":>10s} {"matmul speed-up":>16s} '
-        f'{"torch ms":>9s} {"best JAX / torch":>17s}')
+        f'{"xla ms":>9s} {"matmul ms":>10s} {"matmul speed-up":>16s}'
+        + versus_torch)
   for net in args.shapes.split(','):
     for n, side, cin, cout, k, s in SHAPES[net]:
       # The timing model.conv_impl='auto' makes (median of `repeats`).

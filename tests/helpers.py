@@ -23,6 +23,8 @@ def load_benchmark(name: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
 TINY = ['--config.model.width=0.0625', '--config.model.projector_hidden=(16,)',
         '--config.model.predictor_hidden=(16,)',
         '--config.model.projection_dim=8', '--config.batch_size=16',
