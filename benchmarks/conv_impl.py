@@ -19,7 +19,6 @@ apply to the JAX columns (e.g. XLA's CPU library fusions,
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import time
@@ -47,14 +46,33 @@ SHAPES = {
 }
 
 
-def torch_seconds_per_call(n, side, cin, cout, k, s, repeats):
-  """Median seconds of one PyTorch conv2d forward + backward (w.r.t. input
-  and kernel) of sum(y**2), after a warm-up call; None without torch."""
+def _torch():
+  """torch with one thread per core, or None where it is not installed."""
   try:
     import torch  # pylint: disable=g-import-not-at-top
   except ImportError:
     return None
   torch.set_num_threads(os.cpu_count())
+  return torch
+
+
+def _median_seconds(fn, repeats: int) -> float:
+  """Median seconds of `repeats` calls of fn, after a warm-up call."""
+  fn()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def torch_seconds_per_call(n, side, cin, cout, k, s, repeats):
+  """Median seconds of one PyTorch conv2d forward + backward (w.r.t. input
+  and kernel) of sum(y**2), after a warm-up call; None without torch."""
+  torch = _torch()
+  if torch is None:
+    return None
   x = torch.randn(n, cin, side, side, requires_grad=True)
   w = (torch.randn(cout, cin, k, k) * 0.1).requires_grad_()
 
@@ -62,13 +80,7 @@ def torch_seconds_per_call(n, side, cin, cout, k, s, repeats):
     x.grad = w.grad = None
     y = torch.nn.functional.conv2d(x, w, stride=s, padding=k // 2)
     y.square().sum().backward()
-  call()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    call()
-    times.append(time.perf_counter() - t0)
-  return statistics.median(times)
+  return _median_seconds(call, repeats)
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 5) -> tuple:
@@ -76,24 +88,14 @@ def matmul_gflops(n: int = 2048, repeats: int = 5) -> tuple:
   torch): whether a gap per layer is the matmul kernel or the convolution."""
   a = jax.random.normal(jax.random.key(0), (n, n))
   mm = jax.jit(jnp.matmul)
-  jax.block_until_ready(mm(a, a))
-  jax_s = statistics.median(
-      _timed(lambda: jax.block_until_ready(mm(a, a))) for _ in range(repeats))
-  try:
-    import torch  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return 2 * n**3 / jax_s / 1e9, None
-  torch.set_num_threads(os.cpu_count())
+  flops = 2 * n**3
+  jax_s = _median_seconds(lambda: jax.block_until_ready(mm(a, a)), repeats)
+  torch = _torch()
+  if torch is None:
+    return flops / jax_s / 1e9, None
   t = torch.randn(n, n)
-  t @ t
-  torch_s = statistics.median(_timed(lambda: t @ t) for _ in range(repeats))
-  return 2 * n**3 / jax_s / 1e9, 2 * n**3 / torch_s / 1e9
-
-
-def _timed(fn) -> float:
-  t0 = time.perf_counter()
-  fn()
-  return time.perf_counter() - t0
+  torch_s = _median_seconds(lambda: t @ t, repeats)
+  return flops / jax_s / 1e9, flops / torch_s / 1e9
 
 
 def main():
@@ -107,7 +109,7 @@ def main():
   print(f'2048x2048 fp32 matmul: JAX {jax_peak:.0f} GFLOP/s'
         + ('' if torch_peak is None else f', PyTorch {torch_peak:.0f}'))
   versus_torch = (f' {"torch ms":>9s} {"best JAX / torch":>17s}'
-                  if importlib.util.find_spec('torch') else '')
+                  if _torch() is not None else '')
   print(f'{"net":8s} {"layer (batch side cin->cout kxk/s)":36s} '
         f'{"xla ms":>9s} {"matmul ms":>10s} {"matmul speed-up":>16s}'
         + versus_torch)
