@@ -1,17 +1,19 @@
-r"""One convolution's forward + backward: XLA's convolution vs. matmul_conv.
+r"""One convolution's forward + backward: XLA's, matmul_conv, winograd_conv.
 
   PYTHONPATH=. .venv/bin/python benchmarks/conv_impl.py
   PYTHONPATH=. .venv/bin/python benchmarks/conv_impl.py --shapes=r18_32
 
 Times jit(grad(sum(conv(x, w)**2))) w.r.t. input and kernel for the layer
 shapes of our benchmark networks, with `lax.conv_general_dilated` (what
-`model.conv_impl='xla'` runs) and with `networks.matmul_conv` (the kernel's
+`model.conv_impl='xla'` runs), with `networks.matmul_conv` (the kernel's
 kh*kw shifted slices of the input concatenated and multiplied by the
-reshaped kernel: `model.conv_impl='matmul'`), alternating the two in one
-run, and prints the ratio per layer. Where torch is importable (the bench
-venv: `.venv-bench/bin/python benchmarks/conv_impl.py`), the same layer's
+reshaped kernel) and, on the 3x3 stride-1 layers, `networks.winograd_conv`
+(Winograd F(2x2, 3x3)), alternating them in one run, and prints which one
+model.conv_impl='auto' would pick from these timings and its speed-up over
+XLA's. Where torch is importable (the bench venv:
+`.venv-bench/bin/python benchmarks/conv_impl.py`), the same layer's
 forward + backward in PyTorch (oneDNN, NCHW, the same padding) too, and the
-faster JAX implementation's speed against it. XLA_FLAGS in the environment
+picked implementation's speed against it. XLA_FLAGS in the environment
 apply to the JAX columns (e.g. XLA's CPU library fusions,
 `--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION`).
 """
@@ -26,7 +28,7 @@ import time
 import jax
 import jax.numpy as jnp
 
-from byol_jax import conv_autotune, networks
+from byol_jax import conv_autotune
 
 # (batch, side, in channels, out channels, kernel, stride) per network.
 SHAPES = {
@@ -108,27 +110,30 @@ def main():
   jax_peak, torch_peak = matmul_gflops()
   print(f'2048x2048 fp32 matmul: JAX {jax_peak:.0f} GFLOP/s'
         + ('' if torch_peak is None else f', PyTorch {torch_peak:.0f}'))
-  versus_torch = (f' {"torch ms":>9s} {"best JAX / torch":>17s}'
+  versus_torch = (f' {"torch ms":>9s} {"auto / torch":>13s}'
                   if _torch() is not None else '')
   print(f'{"net":8s} {"layer (batch side cin->cout kxk/s)":36s} '
-        f'{"xla ms":>9s} {"matmul ms":>10s} {"matmul speed-up":>16s}'
-        + versus_torch)
+        f'{"xla ms":>9s} {"matmul ms":>10s} {"winograd ms":>12s} '
+        f'{"auto":>9s} {"xla / auto":>11s}' + versus_torch)
   for net in args.shapes.split(','):
     for n, side, cin, cout, k, s in SHAPES[net]:
-      # The timing model.conv_impl='auto' makes (median of `repeats`).
+      # The timings model.conv_impl='auto' makes (median of `repeats`),
+      # alternating the implementations, and the choice it makes from them.
       shape = ((n, side, side, cin), (k, k, cin, cout), (s, s), 'SAME',
                jnp.float32)
-      xla, mm = (conv_autotune.seconds_per_call(
-          conv, *shape, repeats=args.repeats, budget_s=float('inf'))
-                 for conv in (jax.lax.conv_general_dilated,
-                              networks.matmul_conv))
+      times = {impl: conv_autotune.seconds_per_call(
+          conv_autotune.CONVS[impl], *shape, repeats=args.repeats,
+          budget_s=float('inf')) for impl in conv_autotune.candidates(shape)}
+      auto = conv_autotune.choose(times)
       pt = torch_seconds_per_call(n, side, cin, cout, k, s, args.repeats)
       layer = conv_autotune.describe(shape)
       versus = ('' if pt is None else
-                f' {1e3 * pt:9.2f} {pt / min(xla, mm):16.2f}x')
-      print(f'{net:8s} {layer:36s} {1e3 * xla:9.2f} {1e3 * mm:10.2f} '
-            f'{xla / mm:15.2f}x{versus}', flush=True)
-
+                f' {1e3 * pt:9.2f} {pt / times[auto]:12.2f}x')
+      wino = (f'{1e3 * times["winograd"]:12.2f}' if 'winograd' in times
+              else f'{"-":>12s}')
+      print(f'{net:8s} {layer:36s} {1e3 * times["xla"]:9.2f} '
+            f'{1e3 * times["matmul"]:10.2f} {wino} {auto:>9s} '
+            f'{times["xla"] / times[auto]:10.2f}x{versus}', flush=True)
 
 if __name__ == '__main__':
   main()

@@ -6,8 +6,9 @@ the same step (benchmarks/torch_reference.py), side by side in one run.
   .venv-bench/bin/python benchmarks/train_step.py --conv_impls=auto,xla,matmul
 
 `--conv_impls` times our step once per `model.conv_impl` ('auto', the
-default: per layer shape the faster of the two below, as timed on this
-machine; 'xla': XLA's convolutions; 'matmul': networks.matmul_conv), each
+default: per layer shape the fastest of the three below, as timed on this
+machine; 'xla': XLA's convolutions; 'matmul': networks.matmul_conv;
+'winograd': networks.winograd_conv on the 3x3 stride-1 layers), each
 against the same PyTorch run.
 
 Cases: the demo's network (ResNet-18 width 1/8, small_pool stem, 28x28x1,
@@ -121,7 +122,7 @@ def run_jax(case: str, method: str, steps: int,
   state, metrics = compiled(state, batch_, key)
   jax.block_until_ready(metrics)
   first_s = compile_s + time.perf_counter() - t0
-  matmul_layers = len(conv_plan)
+  impls = [impl for _, impl in conv_plan]
   t0 = time.perf_counter()
   for _ in range(steps):
     state, metrics = compiled(state, batch_, key)
@@ -137,7 +138,9 @@ def run_jax(case: str, method: str, steps: int,
   jax.block_until_ready(r)
   peak = 10 * 2 * 2048**3 / (time.perf_counter() - t0)
   return {'images_per_s': batch / dt, 'step_s': dt, 'first_step_s': first_s,
-          'conv_plan_s': plan_s, 'matmul_conv_shapes': matmul_layers,
+          'conv_plan_s': plan_s,
+          'matmul_conv_shapes': impls.count('matmul'),
+          'winograd_conv_shapes': impls.count('winograd'),
           'peak_rss_mb': _peak_rss_mb(), 'gflop_per_step': flops / 1e9,
           'achieved_gflops': flops / dt / 1e9,
           'matmul_peak_gflops': peak / 1e9,
@@ -217,7 +220,8 @@ def main():
                  f'{REPEATS}')
   p.add_argument('--conv_impls', default='auto',
                  help="model.conv_impl values to time, comma-separated: "
-                 "'auto' (the default config), 'xla', 'matmul'.")
+                 "'auto' (the default config), 'xla', 'matmul', "
+                 "'winograd'.")
   p.add_argument('--diagnostics', default='on',
                  help="comma-separated: 'on' (the trainer's step: the "
                  "effective rank every log_every_steps, 100, so never in "
@@ -241,7 +245,7 @@ def main():
   header = (f'{"case":9s} {"method":8s} {"conv":12s} {"JAX img/s":>10s} '
             f'{"torch img/s":>12s} {"ratio":>6s} {"(range)":>11s} '
             f'{"JAX 1st s":>10s} '
-            f'{"torch 1st s":>12s} {"plan s":>7s} {"matmul":>7s} '
+            f'{"torch 1st s":>12s} {"plan s":>7s} {"mm/wg":>7s} '
             f'{"JAX MB":>8s} {"torch MB":>9s} '
             f'{"GFLOP/step":>11s} {"% matmul peak":>14s}')
   print(header)
@@ -271,7 +275,8 @@ def main():
               f'{j["images_per_s"]:10.1f} '
               f'{t["images_per_s"]:12.1f} {line["ratio"]:6.2f} {span:>11s} '
               f'{j["first_step_s"]:10.1f} {t["first_step_s"]:12.1f} '
-              f'{line["conv_plan_s_first"]:7.1f} {j["matmul_conv_shapes"]:7.0f} '
+              f'{line["conv_plan_s_first"]:7.1f} '
+              f'{j["matmul_conv_shapes"]:3.0f}/{j.get("winograd_conv_shapes", 0):<3.0f} '
               f'{j["peak_rss_mb"]:8.0f} {t["peak_rss_mb"]:9.0f} '
               f'{j["gflop_per_step"]:11.1f} '
               f'{100 * j["achieved_gflops"] / j["matmul_peak_gflops"]:13.0f}%',
@@ -281,7 +286,8 @@ def main():
         'round; images/s, first steps and memory are medians over rounds. '
         "JAX 1st s: trace + compile + run of the first step; plan s: "
         "model.conv_impl='auto' timing the convolutions (~0 once cached); "
-        'matmul: convolution shapes it gave to matmul_conv.')
+        'mm/wg: convolution shapes it gave to matmul_conv / '
+        'winograd_conv.')
   print(json.dumps(rows))
 
 

@@ -1,14 +1,15 @@
 """model.conv_impl='auto': each convolution shape runs the implementation
 that is faster on the machine the run is on.
 
-On CPU, XLA's convolution and `networks.matmul_conv` (one matmul over the
-kernel's shifted slices) win on different layers, and which one wins
-depends on the CPU: matmul convolutions made a width-1/4 ResNet-18 step
+On CPU, XLA's convolution, `networks.matmul_conv` (one matmul over the
+kernel's shifted slices) and, for 3x3 stride-1 layers,
+`networks.winograd_conv` (Winograd F(2x2, 3x3)) win on different layers,
+and which one wins depends on the CPU and the layer's channels: matmul convolutions made a width-1/4 ResNet-18 step
 1.18-1.31x faster on one x86 CPU and 0.71x on an AMD EPYC (Zen 4), while
 on that EPYC they still pay at width 1 (docs/performance.md). So no fixed
 rule: `plan` finds the network's convolution shapes (from the traced
-forward pass), times forward + backward of each with both implementations
-at the run's per-device batch, and keeps the faster. The choices are cached
+forward pass), times forward + backward of each with every implementation
+that computes it at the run's per-device batch, and keeps the fastest. The choices are cached
 per machine (CPU model, usable cores, JAX and jaxlib versions) in
 `$BYOL_JAX_CACHE_DIR` (default `~/.cache/byol_jax`) so a later run starts
 at once; each choice is logged. On GPU/TPU the vendor convolutions are the
@@ -33,11 +34,14 @@ import numpy as np
 
 from byol_jax import networks
 
-IMPLS = ('xla', 'matmul')
-# matmul_conv must be this much faster to be chosen: within it, the two are
-# a tie on a noisy machine, and XLA's uses less memory (no kh*kw patches).
+IMPLS = ('xla', 'matmul', 'winograd')
+CONVS = {'xla': jax.lax.conv_general_dilated, **networks.PLANNED_CONVS}
+# Another implementation must be this much faster than XLA's to be chosen:
+# within it, the two are a tie on a noisy machine, and XLA's uses the least
+# memory (no kh*kw patches, no 4x-sized Winograd tiles).
 MARGIN = 0.97
-_CACHE_VERSION = 1
+# 2: Winograd timings added (a version-1 file is measured again).
+_CACHE_VERSION = 2
 
 
 def cache_dir() -> str:
@@ -185,21 +189,35 @@ def _write_cache(path: str, new: dict) -> None:
                     path, e)
 
 
+def candidates(conv) -> tuple:
+  """The implementations that compute `conv` (lhs, rhs, strides, pads,
+  dtype): all of IMPLS, Winograd only for 3x3 stride-1 kernels."""
+  _, rhs, strides, _, _ = conv
+  return tuple(i for i in IMPLS if i != 'winograd'
+               or networks.winograd_applies(rhs, strides))
+
+
+def choose(times: dict) -> str:
+  """The implementation to run, from {impl: time} (`times['xla']` among
+  them): the fastest, unless it is within MARGIN of XLA's."""
+  best = min(times, key=times.get)
+  return best if times[best] < MARGIN * times['xla'] else 'xla'
+
+
 def measure(convs: list[tuple], path: str) -> dict:
-  """{conv: {'impl', 'xla_ms', 'matmul_ms', 'cached'}}: from the cache file
-  `path`, or timed now (and added to it)."""
+  """{conv: {'impl', 'xla_ms', 'matmul_ms'[, 'winograd_ms'], 'cached'}}:
+  from the cache file `path`, or timed now (and added to it)."""
   cached = _read_cache(path)
   out, new = {}, {}
   for conv in convs:
     entry = cached.get(_key(conv))
-    if entry is None:
-      ms = {impl: 1e3 * seconds_per_call(
-          networks.matmul_conv if impl == 'matmul'
-          else jax.lax.conv_general_dilated, *conv) for impl in IMPLS}
-      entry = {'impl': ('matmul' if ms['matmul'] < MARGIN * ms['xla']
-                        else 'xla'),
-               'xla_ms': round(ms['xla'], 3),
-               'matmul_ms': round(ms['matmul'], 3)}
+    if entry is None or entry['impl'] not in candidates(conv) or any(
+        not isinstance(entry.get(f'{i}_ms'), (int, float))
+        for i in candidates(conv)):  # Missing, or not from this code.
+      ms = {impl: 1e3 * seconds_per_call(CONVS[impl], *conv)
+            for impl in candidates(conv)}
+      entry = {'impl': choose(ms),
+               **{f'{impl}_ms': round(t, 3) for impl, t in ms.items()}}
       new[_key(conv)] = entry
     out[conv] = dict(entry, cached=_key(conv) not in new)
   if new:
@@ -226,21 +244,22 @@ def plan(model_config, image_shape, batch: int,
     choices = measure(convs, path)
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    bits = np.array([choices.get(c, {}).get('impl') == 'matmul'
-                     for c in convs], np.int32)
-    bits = np.asarray(multihost_utils.broadcast_one_to_all(bits))
-    impls = ['matmul' if b else 'xla' for b in bits]
+    codes = np.array([IMPLS.index(choices.get(c, {}).get('impl', 'xla'))
+                      for c in convs], np.int32)
+    codes = np.asarray(multihost_utils.broadcast_one_to_all(codes))
+    impls = [IMPLS[i] for i in codes]
   else:
     impls = [choices[c]['impl'] for c in convs]
   if choices:
     fresh = sum(not v['cached'] for v in choices.values())
     logging.info(
-        "model.conv_impl='auto': matmul_conv for %d of %d convolution "
-        'shapes on %s (%s; %s):\n%s', impls.count('matmul'), len(convs),
+        "model.conv_impl='auto': matmul_conv for %d, winograd_conv for %d "
+        'of %d convolution shapes on %s (%s; %s):\n%s',
+        impls.count('matmul'), impls.count('winograd'), len(convs),
         machine(), 'timed now' if fresh else 'timed in an earlier run',
-        path,
-        '\n'.join(f'  {describe(c):28s} xla {choices[c]["xla_ms"]:8.2f} ms  '
-                  f'matmul {choices[c]["matmul_ms"]:8.2f} ms -> {i}'
-                  for c, i in zip(convs, impls)))
+        path, '\n'.join(f'  {describe(c):28s} ' + '  '.join(
+            f'{impl} {choices[c][impl + "_ms"]:8.2f} ms'
+            for impl in candidates(c)) + f' -> {i}'
+                        for c, i in zip(convs, impls)))
   return tuple((networks.conv_signature(*c), i)
-               for c, i in zip(convs, impls) if i == 'matmul')
+               for c, i in zip(convs, impls) if i != 'xla')

@@ -37,7 +37,27 @@ BN_EPSILON = 1e-5
 
 # 'auto': each layer runs the implementation measured fastest for its shape
 # on this machine (byol_jax.conv_autotune); XLA's on GPU/TPU.
-CONV_IMPLS = ('auto', 'xla', 'matmul')
+CONV_IMPLS = ('auto', 'xla', 'matmul', 'winograd')
+
+
+def _nhwc_pads(name, lhs, rhs, window_strides, padding, lhs_dilation,
+               rhs_dilation, dimension_numbers, feature_group_count):
+  """Explicit ((top, bottom), (left, right)) pads of an NHWC x HWIO
+  convolution without dilation or groups; NotImplementedError otherwise."""
+  dims = jax.lax.conv_dimension_numbers(
+      lhs.shape, rhs.shape, dimension_numbers or ('NHWC', 'HWIO', 'NHWC'))
+  if (dims != jax.lax.conv_dimension_numbers(
+      lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
+      or feature_group_count != 1
+      or any(d != 1 for d in tuple(lhs_dilation or ())
+             + tuple(rhs_dilation or ()))):
+    raise NotImplementedError(
+        f'{name} handles NHWC x HWIO without dilation or groups; use '
+        "model.conv_impl='xla'.")
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(lhs.shape[1:3], rhs.shape[:2],
+                                      window_strides, padding)
+  return tuple((int(lo), int(hi)) for lo, hi in padding)
 
 
 def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
@@ -56,21 +76,12 @@ def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
   Same parameters as `nn.Conv`, so checkpoints move freely between the two.
   """
   del precision
-  dims = jax.lax.conv_dimension_numbers(
-      lhs.shape, rhs.shape, dimension_numbers or ('NHWC', 'HWIO', 'NHWC'))
-  if (dims != jax.lax.conv_dimension_numbers(
-      lhs.shape, rhs.shape, ('NHWC', 'HWIO', 'NHWC'))
-      or feature_group_count != 1
-      or any(d != 1 for d in tuple(lhs_dilation or ())
-             + tuple(rhs_dilation or ()))):
-    raise NotImplementedError(
-        'matmul_conv handles NHWC x HWIO without dilation or groups; use '
-        "model.conv_impl='xla'.")
+  padding = _nhwc_pads('matmul_conv', lhs, rhs, window_strides, padding,
+                       lhs_dilation, rhs_dilation, dimension_numbers,
+                       feature_group_count)
   kh, kw, cin, cout = rhs.shape
   _, h, w, _ = lhs.shape
   sh, sw = window_strides
-  if isinstance(padding, str):
-    padding = jax.lax.padtype_to_pads((h, w), (kh, kw), (sh, sw), padding)
   (pt, pb), (pl, pr) = padding
   x = jnp.pad(lhs, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
   ho = (h + pt + pb - kh) // sh + 1
@@ -82,6 +93,78 @@ def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
                     rhs.reshape(kh * kw * cin, cout),
                     preferred_element_type=preferred_element_type)
 
+
+# Winograd F(2x2, 3x3) (Lavin & Gray 2016, "Fast Algorithms for
+# Convolutional Neural Networks", eq. 8): Y = A^T [(G g G^T) * (B^T d B)] A
+# for each 4x4 input tile d (stride 2) and 2x2 output tile Y.
+_WINOGRAD_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]],
+                       np.float32)
+
+
+def _winograd_bt(d0, d1, d2, d3):
+  """B^T d along one axis: rows of B^T are (1,0,-1,0), (0,1,1,0),
+  (0,-1,1,0), (0,1,0,-1)."""
+  return d0 - d2, d1 + d2, d2 - d1, d1 - d3
+
+
+def _winograd_at(m0, m1, m2, m3):
+  """A^T m along one axis: rows of A^T are (1,1,1,0), (0,1,-1,-1)."""
+  return m0 + m1 + m2, m1 - m2 - m3
+
+
+def winograd_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                  rhs_dilation=None, dimension_numbers=None,
+                  feature_group_count=1, precision=None,
+                  preferred_element_type=None):
+  """`lax.conv_general_dilated` for a 3x3 stride-1 NHWC x HWIO convolution
+  by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016).
+
+  The padded input is cut into 4x4 tiles at stride 2, one per 2x2 block of
+  output; each tile's 16 transformed values (B^T d B, additions only) meet
+  the transformed kernel (G g G^T) in 16 matmuls of (tiles, Cin) x
+  (Cin, Cout), and A^T (.) A folds them back into 2x2 outputs: 2.25x fewer
+  multiplications than the direct convolution, in the forward pass and in
+  both gradients (autodiff through the same linear maps). The transforms
+  hold 4x the input and output; that traffic makes it slower than XLA's
+  convolution at few channels and faster at many on XLA's CPU backend
+  (benchmarks/conv_impl.py), hence per-layer timing in conv_autotune.
+  Agrees with the direct convolution to float32 rounding (~1e-6 relative).
+  Same parameters as `nn.Conv`.
+  """
+  del precision
+  (pt, pb), (pl, pr) = _nhwc_pads(
+      'winograd_conv', lhs, rhs, window_strides, padding, lhs_dilation,
+      rhs_dilation, dimension_numbers, feature_group_count)
+  if rhs.shape[:2] != (3, 3) or tuple(window_strides) != (1, 1):
+    raise NotImplementedError(
+        'winograd_conv handles 3x3 stride-1 convolutions, not '
+        f'{rhs.shape[0]}x{rhs.shape[1]}/{tuple(window_strides)}; use '
+        "model.conv_impl='xla'.")
+  n, h, w, cin = lhs.shape
+  cout = rhs.shape[-1]
+  ho, wo = h + pt + pb - 2, w + pl + pr - 2
+  th, tw = -(-ho // 2), -(-wo // 2)  # Tiles; an odd side gets one more row.
+  x = jnp.pad(lhs, ((0, 0), (pt, pb + 2 * th - ho), (pl, pr + 2 * tw - wo),
+                    (0, 0)))
+  rows = _winograd_bt(*[x[:, i:i + 2 * th:2] for i in range(4)])
+  v = [t for r in rows
+       for t in _winograd_bt(*[r[:, :, j:j + 2 * tw:2] for j in range(4)])]
+  v = jnp.stack(v).reshape(16, n * th * tw, cin)
+  g = _WINOGRAD_G.astype(rhs.dtype)
+  u = jnp.einsum('ai,ijco,bj->abco', g, rhs, g).reshape(16, cin, cout)
+  m = jnp.einsum('tpc,tco->tpo', v, u,
+                 preferred_element_type=preferred_element_type)
+  m = m.reshape(4, 4, n, th, tw, cout)
+  y = [_winograd_at(*r) for r in zip(*[_winograd_at(*m[:, j])
+                                       for j in range(4)])]
+  # y[i][j]: output (i, j) of each 2x2 tile -> (n, th, 2, tw, 2, cout).
+  y = jnp.stack([jnp.stack(y[i], -2) for i in range(2)], 2)
+  return y.reshape(n, 2 * th, 2 * tw, cout)[:, :ho, :wo]
+
+
+
+# What a `planned_conv` plan may name, besides 'xla'.
+PLANNED_CONVS = {'matmul': matmul_conv, 'winograd': winograd_conv}
 
 def conv_signature(lhs_shape, rhs_shape, window_strides, padding,
                    dtype) -> tuple:
@@ -100,28 +183,41 @@ def conv_signature(lhs_shape, rhs_shape, window_strides, padding,
 
 def planned_conv(lhs, rhs, window_strides, padding, *args, plan=(),
                  **kwargs):
-  """`lax.conv_general_dilated`, or `matmul_conv` where `plan` (pairs of
-  (`conv_signature`, 'xla' | 'matmul')) says so; shapes not in the plan run
-  XLA's."""
+  """`lax.conv_general_dilated`, or what `plan` (pairs of
+  (`conv_signature`, 'matmul' | 'winograd')) names for this shape:
+  `matmul_conv` or `winograd_conv`; shapes not in the plan run XLA's."""
   sig = conv_signature(lhs.shape, rhs.shape, window_strides, padding,
                        lhs.dtype)
-  conv = (matmul_conv if dict(plan).get(sig) == 'matmul'
+  conv = PLANNED_CONVS.get(dict(plan).get(sig), jax.lax.conv_general_dilated)
+  return conv(lhs, rhs, window_strides, padding, *args, **kwargs)
+
+
+def winograd_applies(rhs_shape, window_strides) -> bool:
+  """Whether `winograd_conv` computes this convolution (3x3, stride 1)."""
+  return (tuple(rhs_shape[:2]) == (3, 3)
+          and tuple(window_strides) == (1, 1))
+
+
+def winograd_where_it_applies(lhs, rhs, window_strides, padding, *args,
+                              **kwargs):
+  """`winograd_conv` for the 3x3 stride-1 layers, XLA's for the others."""
+  conv = (winograd_conv if winograd_applies(rhs.shape, window_strides)
           else jax.lax.conv_general_dilated)
   return conv(lhs, rhs, window_strides, padding, *args, **kwargs)
 
 
 def conv_module(impl: str, plan: tuple = ()):
   """`nn.Conv` computed by XLA's convolution ('xla'), `matmul_conv`
-  ('matmul') or, per layer shape, the one `plan` names ('auto')."""
+  ('matmul'), `winograd_conv` where it applies ('winograd') or, per layer
+  shape, the one `plan` names ('auto')."""
   if impl not in CONV_IMPLS:
     raise ValueError(f'conv_impl={impl!r}: use one of {CONV_IMPLS}.')
   if impl == 'xla' or (impl == 'auto' and not plan):
     return nn.Conv
-  if impl == 'auto':
-    return functools.partial(
-        nn.Conv, conv_general_dilated=functools.partial(planned_conv,
-                                                        plan=plan))
-  return functools.partial(nn.Conv, conv_general_dilated=matmul_conv)
+  conv = {'auto': functools.partial(planned_conv, plan=plan),
+          'matmul': matmul_conv,
+          'winograd': winograd_where_it_applies}[impl]
+  return functools.partial(nn.Conv, conv_general_dilated=conv)
 
 
 # He initialisation (fan_out), the torchvision / official-code convention for
@@ -197,10 +293,13 @@ class ResNet(nn.Module):
       'small' (3x3/1 conv, no pool; the CIFAR-style stem for 28-32 px inputs)
       or 'small_pool' (3x3/1 conv + 3x3/2 max-pool: stage 1 at half the
       input side, 4x fewer FLOPs than 'small'; the CPU demo's stem).
-    conv_impl: 'xla' (lax.conv_general_dilated), 'matmul' (`matmul_conv`;
-      same parameters and outputs) or 'auto': per layer shape, what
-      `conv_plan` names (`conv_autotune.plan` measures it; XLA's without).
-    conv_plan: pairs of (`conv_signature`, 'xla' | 'matmul') for 'auto'.
+    conv_impl: 'xla' (lax.conv_general_dilated), 'matmul' (`matmul_conv`),
+      'winograd' (`winograd_conv` for the 3x3 stride-1 layers; all three
+      have the same parameters and outputs) or 'auto': per layer shape,
+      what `conv_plan` names (`conv_autotune.plan` measures it; XLA's
+      without).
+    conv_plan: pairs of (`conv_signature`, 'xla' | 'matmul' | 'winograd')
+      for 'auto'.
     official_shortcuts: a projection shortcut (1x1 conv + BatchNorm) in the
       first block of every stage, as the official BYOL ResNet (Haiku's
       BlockGroup: use_projection for block 0); False (torchvision's layout)

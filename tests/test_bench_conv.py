@@ -1,7 +1,7 @@
 """benchmarks/conv_impl.py (`make bench-conv`) runs end to end on a tiny
 layer set: a header naming the machine and the matmul peak, then one row
-per layer with both implementations' times, and PyTorch's where torch is
-installed."""
+per layer with each implementation's time (Winograd's on stride-1 layers
+only), the one 'auto' picks, and PyTorch's where torch is installed."""
 
 import importlib.util
 import sys
@@ -25,14 +25,29 @@ def test_tiny_layer_set_prints_a_row_per_layer(monkeypatch, capsys):
   # torch: the bench venv's (`make test`'s venv has none).
   with_torch = importlib.util.find_spec('torch') is not None
   assert ('torch' in header) == with_torch
-  for r in rows:  # net b2 8x8 3->4 3x3/1 xla matmul speed-up [torch ratio]
-    assert len(r) == (10 if with_torch else 8)
-    xla, mm, ratio = float(r[5]), float(r[6]), float(r[7].rstrip('x'))
-    assert xla > 0 and mm > 0
-    # The times are printed to 0.01 ms, the ratios from the exact ones.
-    lo, hi = (xla - 0.005) / (mm + 0.005), (xla + 0.005) / (mm - 0.005)
+  for r, stride in zip(rows, (1, 2)):
+    # net b2 8x8 3->4 3x3/1 xla matmul winograd auto xla/auto [torch ratio]
+    assert len(r) == (12 if with_torch else 10)
+    xla, mm = float(r[5]), float(r[6])
+    times = {'xla': xla, 'matmul': mm}
+    if stride == 1:
+      times['winograd'] = float(r[7])
+    else:  # Winograd F(2x2, 3x3) computes stride-1 layers only.
+      assert r[7] == '-'
+    assert all(t > 0 for t in times.values())
+    auto, ratio = r[8], float(r[9].rstrip('x'))
+    assert auto in times
+    # The pick is the fastest unless within 3% of XLA's (to the printed
+    # 0.01 ms); the speed-up is XLA's time over the pick's.
+    best = min(times.values())
+    if auto == 'xla':
+      assert best >= 0.97 * xla - 0.02
+    else:
+      assert times[auto] <= best + 0.01 and times[auto] < 0.97 * xla + 0.02
+    picked = times[auto]
+    lo, hi = (xla - 0.005) / (picked + 0.005), (xla + 0.005) / (picked - 0.005)
     assert lo - 0.005 <= ratio <= hi + 0.005
     if with_torch:
-      pt, best = float(r[8]), min(xla, mm)
-      assert (pt - 0.005) / (best + 0.005) - 0.005 <= float(
-          r[9].rstrip('x')) <= (pt + 0.005) / (best - 0.005) + 0.005
+      pt = float(r[10])
+      assert (pt - 0.005) / (picked + 0.005) - 0.005 <= float(
+          r[11].rstrip('x')) <= (pt + 0.005) / (picked - 0.005) + 0.005

@@ -45,17 +45,26 @@ def test_conv_shapes_are_the_networks_distinct_convolutions():
   assert convs[0][3] == ((1, 1), (1, 1)) and convs[2][3] == ((0, 1), (0, 1))
 
 
-def _fake_timings(monkeypatch, faster):
+# The 3x3 stride-1 ones, which winograd_conv also computes.
+WINOGRAD = [c for c in EXPECTED if c[3] == 3 and c[4] == 1]
+TIMINGS = 2 * len(EXPECTED) + len(WINOGRAD)   # xla, matmul (+ winograd).
+
+
+def _fake_timings(monkeypatch, faster, winograd_faster=()):
   """matmul_conv 'takes' 1 ms on the layers in `faster` and 3 ms elsewhere,
+  winograd_conv 0.5 ms on those in `winograd_faster` and 4 ms elsewhere,
   XLA's 2 ms everywhere; records every timing made."""
   calls = []
 
   def fake(conv, lhs, rhs, strides, padding, dtype, **kw):
     del padding, dtype, kw
     calls.append((conv, lhs))
+    layer = (lhs[1], lhs[3], rhs[3], rhs[0], strides[0])
     if conv is networks.matmul_conv:
-      return 1e-3 if (lhs[1], lhs[3], rhs[3], rhs[0], strides[0]) in faster \
-          else 3e-3
+      return 1e-3 if layer in faster else 3e-3
+    if conv is networks.winograd_conv:
+      assert layer in WINOGRAD  # Timed only where it applies.
+      return 0.5e-3 if layer in winograd_faster else 4e-3
     return 2e-3
   monkeypatch.setattr(conv_autotune, 'seconds_per_call', fake)
   return calls
@@ -67,7 +76,7 @@ def test_plan_keeps_the_faster_per_shape_and_caches_it(monkeypatch, tmp_path):
   path = str(tmp_path / 'conv_impl.json')
   model = _model(conv_impl='auto')
   plan = conv_autotune.plan(model, (8, 8, 1), 2, path=path)
-  assert len(calls) == 2 * len(EXPECTED)
+  assert len(calls) == TIMINGS
   assert [(sig[0][0], sig[0][2], sig[1][3], sig[1][0], sig[2][0])
           for sig, impl in plan] == EXPECTED[:2] + EXPECTED[5:6]
   assert all(impl == 'matmul' for _, impl in plan)
@@ -82,23 +91,24 @@ def test_plan_keeps_the_faster_per_shape_and_caches_it(monkeypatch, tmp_path):
   assert not calls
   # Another batch is another measurement (timed at the run's batch).
   conv_autotune.plan(model, (8, 8, 1), 4, path=path)
-  assert len(calls) == 2 * len(EXPECTED)
+  assert len(calls) == TIMINGS
   assert len(json.load(open(path))['machines'][conv_autotune.machine()]) == (
       2 * len(EXPECTED))
 
 
 def test_a_tie_goes_to_xla(monkeypatch, tmp_path):
-  """Within 3% the two are a tie on a noisy machine: XLA's (no patches)."""
+  """Within 3% of XLA's is a tie on a noisy machine: XLA's (least memory)."""
   monkeypatch.setattr(conv_autotune, 'seconds_per_call',
-                      lambda conv, *a, **k: 0.99e-3
-                      if conv is networks.matmul_conv else 1e-3)
+                      lambda conv, *a, **k: {networks.matmul_conv: 0.99e-3,
+                                             networks.winograd_conv: 0.975e-3
+                                             }.get(conv, 1e-3))
   assert conv_autotune.plan(_model(conv_impl='auto'), (8, 8, 1), 2,
                             path=str(tmp_path / 'c.json')) == ()
 
 
 @pytest.mark.parametrize('content', [
-    '{not json', '[]', '{"version": 1, "machines": []}',
-    '{"version": 1, "machines": {"MACHINE": {"k": {"impl": "cudnn"}}}}',
+    '{not json', '[]', '{"version": 2, "machines": []}',
+    '{"version": 2, "machines": {"MACHINE": {"k": {"impl": "cudnn"}}}}',
     '{"version": 99, "machines": {"MACHINE": {}}}', ''])
 def test_a_damaged_or_foreign_cache_is_measured_again(monkeypatch, tmp_path,
                                                       content):
@@ -107,11 +117,72 @@ def test_a_damaged_or_foreign_cache_is_measured_again(monkeypatch, tmp_path,
   path.write_text(content.replace('MACHINE', conv_autotune.machine()))
   plan = conv_autotune.plan(_model(conv_impl='auto'), (8, 8, 1), 2,
                             path=str(path))
-  assert len(plan) == 1 and len(calls) == 2 * len(EXPECTED)
+  assert len(plan) == 1 and len(calls) == TIMINGS
   # ... and the file is whole again, with this machine's timings.
   saved = json.loads(path.read_text())
   assert len(saved['machines'][conv_autotune.machine()]) == len(EXPECTED)
 
+
+
+def _entries(model):
+  """`model`'s convolution shapes and their cache keys."""
+  encoder = networks.build_encoder(model)
+  convs = conv_autotune.conv_shapes(encoder, (8, 8, 1), batch=2)
+  return convs, [conv_autotune._key(c) for c in convs]  # pylint: disable=protected-access
+
+
+def test_a_cache_entry_this_code_cannot_run_is_measured_again(
+    monkeypatch, tmp_path):
+  """A crafted or older file cannot make a layer run an implementation
+  that does not compute it (Winograd on a 1x1 / stride-2 layer raises at
+  trace time), nor skip a timing the log and the choice need."""
+  model = _model(conv_impl='auto')
+  convs, keys = _entries(model)
+  shortcut = next(i for i, c in enumerate(convs) if c[1][0] == 1)
+  stem = 0
+  ms = {'xla_ms': 2.0, 'matmul_ms': 3.0, 'winograd_ms': 1.0}
+  good = {k: dict(ms, impl='xla') for k in keys}
+  good[keys[shortcut]] = dict(ms, impl='winograd')      # Cannot run there.
+  good[keys[stem]] = {'impl': 'winograd'}               # No timings.
+  path = tmp_path / 'conv_impl.json'
+  path.write_text(json.dumps({'version': 2, 'machines': {
+      conv_autotune.machine(): good}}))
+  calls = _fake_timings(monkeypatch, set())
+  plan = conv_autotune.plan(model, (8, 8, 1), 2, path=str(path))
+  assert plan == ()  # Both re-timed: XLA's wins with the fake timings.
+  assert sorted({lhs for _, lhs in calls}) == sorted(
+      {convs[shortcut][0], convs[stem][0]})
+  assert len(calls) == 2 + 3   # 1x1/2: xla, matmul; 3x3/1 stem: all three.
+
+
+def test_winograd_is_chosen_where_fastest_and_runs_there(monkeypatch,
+                                                         tmp_path):
+  """The three-way choice: Winograd on the 3x3/1 layers where it is
+  fastest, matmul where that is, XLA's elsewhere; the planned network has
+  the same variables and outputs, with no XLA convolution left on the
+  Winograd layers (their 16 tile matmuls are dot_generals)."""
+  _fake_timings(monkeypatch, set(EXPECTED[2:3]),
+                winograd_faster=set(WINOGRAD[1:3]))
+  model = _model(conv_impl='auto')
+  path = tmp_path / 'c.json'
+  plan = conv_autotune.plan(model, (8, 8, 1), 2, path=str(path))
+  got = {(sig[0][0], sig[0][2], sig[1][3], sig[1][0], sig[2][0]): impl
+         for sig, impl in plan}
+  assert got == {EXPECTED[2]: 'matmul', WINOGRAD[1]: 'winograd',
+                 WINOGRAD[2]: 'winograd'}
+  entry = json.loads(path.read_text())['machines'][conv_autotune.machine()]
+  assert sum('winograd_ms' in e for e in entry.values()) == len(WINOGRAD)
+  planned = networks.build_network(model, 10, conv_plan=plan)
+  plain = networks.build_network(model, 10)
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
+  variables = plain.init(jax.random.key(1), x, train=True)
+  # Stage 1's four 3x3 4->4 and stage 2's three 3x3/1 8->8 convolutions
+  # run Winograd; stage 2's first 3x3/2 runs as a matmul.
+  assert _conv_count(planned, variables, x) == 20 - 4 - 3 - 1
+  out = planned.apply(variables, x, train=False)
+  ref = plain.apply(variables, x, train=False)
+  for k in ref:
+    np.testing.assert_allclose(out[k], ref[k], atol=1e-5, rtol=1e-5)
 
 def test_an_unwritable_cache_only_costs_a_measurement(monkeypatch, tmp_path):
   _fake_timings(monkeypatch, set(EXPECTED[:1]))

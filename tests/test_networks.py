@@ -171,8 +171,51 @@ def test_matmul_conv_equals_xla_conv_values_and_gradients(kernel, stride, size):
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
 
 
+
+@pytest.mark.parametrize('size,padding', [
+    (8, 'SAME'), (7, 'SAME'), (1, 'SAME'), (2, 'SAME'), (6, 'VALID'),
+    (5, ((2, 0), (0, 1)))])
+def test_winograd_conv_equals_xla_conv_values_and_gradients(size, padding):
+  """Winograd F(2x2, 3x3): even and odd sides (an odd one has a partial
+  last tile), 1x1 and 2x2 inputs (the last stages of a small ResNet),
+  VALID and asymmetric pads; outputs and gradients w.r.t. input and kernel
+  equal the direct convolution's to float32 rounding."""
+  x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
+  k = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
+
+  def run(conv):
+    def loss(x, k):
+      y = conv(x, k, (1, 1), padding,
+               dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      return jnp.sum(jnp.sin(y)), y
+    (_, y), grads = jax.jit(
+        jax.value_and_grad(loss, (0, 1), has_aux=True))(x, k)
+    return y, grads
+
+  y_ref, g_ref = run(jax.lax.conv_general_dilated)
+  y, g = run(networks.winograd_conv)
+  assert y.shape == y_ref.shape
+  np.testing.assert_allclose(y, y_ref, atol=1e-4, rtol=1e-5)
+  for a, b in zip(g, g_ref):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+  # It is not XLA's convolution under another name: none in its program.
+  jaxpr = jax.make_jaxpr(lambda x, k: networks.winograd_conv(
+      x, k, (1, 1), padding))(x, k)
+  assert 'conv_general_dilated' not in str(jaxpr)
+
+
+def test_winograd_conv_refuses_what_it_does_not_compute():
+  x = jnp.zeros((1, 4, 4, 2))
+  for k, s in [((1, 1, 2, 2), (1, 1)), ((3, 3, 2, 2), (2, 2)),
+               ((5, 5, 2, 2), (1, 1))]:
+    with pytest.raises(NotImplementedError, match="conv_impl='xla'"):
+      networks.winograd_conv(x, jnp.zeros(k), s, 'SAME')
+    assert not networks.winograd_applies(k, s)
+  assert networks.winograd_applies((3, 3, 2, 2), (1, 1))
+
+@pytest.mark.parametrize('impl', ['matmul', 'winograd'])
 @pytest.mark.parametrize('block', ['BasicBlock', 'BottleneckBlock'])
-def test_matmul_conv_blocks_are_the_same_network(block):
+def test_matmul_conv_blocks_are_the_same_network(block, impl):
   """conv_impl changes how, not what: the same parameters (same tree, so a
   checkpoint of one loads into the other) give the same outputs, here for
   the downsampling block of each ResNet family."""
@@ -181,7 +224,7 @@ def test_matmul_conv_blocks_are_the_same_network(block):
   norm = functools.partial(nn.BatchNorm, use_running_average=False)
   cls = getattr(networks, block)
   ref = cls(filters=4, strides=2, norm=norm, projection=True)
-  mm = cls(filters=4, strides=2, norm=norm, conv_impl='matmul',
+  mm = cls(filters=4, strides=2, norm=norm, conv_impl=impl,
            projection=True)
   variables = ref.init(jax.random.key(1), x)
   assert (jax.tree.structure(variables) == jax.tree.structure(
