@@ -128,8 +128,10 @@ def winograd_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
   hold 4x the input and output; that traffic makes it slower than XLA's
   convolution at few channels and faster at many on XLA's CPU backend
   (benchmarks/conv_impl.py), hence per-layer timing in conv_autotune.
-  Agrees with the direct convolution to float32 rounding (~1e-6 relative).
-  Same parameters as `nn.Conv`.
+  Agrees with the direct convolution to float32 rounding (~1e-6 relative);
+  in bfloat16 the rounded transforms give ~2.5x the direct convolution's
+  error, so 'auto' considers it for float32 layers only. Same parameters
+  as `nn.Conv`.
   """
   del precision
   (pt, pb), (pl, pr) = _nhwc_pads(
@@ -160,7 +162,6 @@ def winograd_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
   # y[i][j]: output (i, j) of each 2x2 tile -> (n, th, 2, tw, 2, cout).
   y = jnp.stack([jnp.stack(y[i], -2) for i in range(2)], 2)
   return y.reshape(n, 2 * th, 2 * tw, cout)[:, :ho, :wo]
-
 
 
 # What a `planned_conv` plan may name, besides 'xla'.

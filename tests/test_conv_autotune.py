@@ -184,6 +184,16 @@ def test_winograd_is_chosen_where_fastest_and_runs_there(monkeypatch,
   for k in ref:
     np.testing.assert_allclose(out[k], ref[k], atol=1e-5, rtol=1e-5)
 
+
+def test_winograd_is_a_candidate_for_float32_3x3_stride_1_only():
+  conv = lambda k, s, dtype: ((2, 8, 8, 4), (k, k, 4, 4), (s, s),  # noqa: E731
+                              ((1, 1), (1, 1)), dtype)
+  assert conv_autotune.candidates(conv(3, 1, jnp.float32)) == (
+      'xla', 'matmul', 'winograd')
+  for k, s, dtype in [(3, 2, jnp.float32), (1, 1, jnp.float32),
+                      (7, 1, jnp.float32), (3, 1, jnp.bfloat16)]:
+    assert conv_autotune.candidates(conv(k, s, dtype)) == ('xla', 'matmul')
+
 def test_an_unwritable_cache_only_costs_a_measurement(monkeypatch, tmp_path):
   _fake_timings(monkeypatch, set(EXPECTED[:1]))
   blocker = tmp_path / 'file'
