@@ -145,6 +145,27 @@ def test_bfloat16_compute_with_float32_params_stats_and_outputs():
   assert conv_out.dtype == jnp.bfloat16
 
 
+def _assert_equals_xla_conv(conv, x, k, strides, padding):
+  """conv's outputs and gradients of sum(sin(y)) w.r.t. input and kernel
+  equal lax.conv_general_dilated's; returns the output."""
+  def run(conv):
+    def loss(x, k):
+      y = conv(x, k, strides, padding,
+               dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+      return jnp.sum(jnp.sin(y)), y
+    (_, y), grads = jax.jit(
+        jax.value_and_grad(loss, (0, 1), has_aux=True))(x, k)
+    return y, grads
+
+  y_ref, g_ref = run(jax.lax.conv_general_dilated)
+  y, g = run(conv)
+  assert y.shape == y_ref.shape
+  np.testing.assert_allclose(y, y_ref, atol=1e-4, rtol=1e-5)
+  for a, b in zip(g, g_ref):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+  return y
+
+
 @pytest.mark.parametrize('kernel,stride,size', [
     (3, 1, 7), (3, 2, 8), (1, 2, 7), (7, 2, 11)])
 def test_matmul_conv_equals_xla_conv_values_and_gradients(kernel, stride, size):
@@ -153,23 +174,9 @@ def test_matmul_conv_equals_xla_conv_values_and_gradients(kernel, stride, size):
   input and kernel."""
   x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
   k = jax.random.normal(jax.random.key(1), (kernel, kernel, 3, 5))
-
-  def run(conv):
-    def loss(x, k):
-      y = conv(x, k, (stride, stride), 'SAME',
-               dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-      return jnp.sum(jnp.sin(y)), y
-    (_, y), grads = jax.jit(
-        jax.value_and_grad(loss, (0, 1), has_aux=True))(x, k)
-    return y, grads
-
-  y_ref, g_ref = run(jax.lax.conv_general_dilated)
-  y, g = run(networks.matmul_conv)
-  assert y.shape == y_ref.shape == (2, -(-size // stride), -(-size // stride), 5)
-  np.testing.assert_allclose(y, y_ref, atol=1e-4, rtol=1e-5)
-  for a, b in zip(g, g_ref):
-    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
-
+  y = _assert_equals_xla_conv(networks.matmul_conv, x, k, (stride, stride),
+                              'SAME')
+  assert y.shape == (2, -(-size // stride), -(-size // stride), 5)
 
 
 @pytest.mark.parametrize('size,padding', [
@@ -182,22 +189,7 @@ def test_winograd_conv_equals_xla_conv_values_and_gradients(size, padding):
   equal the direct convolution's to float32 rounding."""
   x = jax.random.normal(jax.random.key(0), (2, size, size + 1, 3))
   k = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
-
-  def run(conv):
-    def loss(x, k):
-      y = conv(x, k, (1, 1), padding,
-               dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-      return jnp.sum(jnp.sin(y)), y
-    (_, y), grads = jax.jit(
-        jax.value_and_grad(loss, (0, 1), has_aux=True))(x, k)
-    return y, grads
-
-  y_ref, g_ref = run(jax.lax.conv_general_dilated)
-  y, g = run(networks.winograd_conv)
-  assert y.shape == y_ref.shape
-  np.testing.assert_allclose(y, y_ref, atol=1e-4, rtol=1e-5)
-  for a, b in zip(g, g_ref):
-    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+  _assert_equals_xla_conv(networks.winograd_conv, x, k, (1, 1), padding)
   # It is not XLA's convolution under another name: none in its program.
   jaxpr = jax.make_jaxpr(lambda x, k: networks.winograd_conv(
       x, k, (1, 1), padding))(x, k)
