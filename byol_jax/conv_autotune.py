@@ -1,15 +1,17 @@
 """model.conv_impl='auto': each convolution shape runs the implementation
-that is faster on the machine the run is on.
+that is fastest on the machine the run is on.
 
 On CPU, XLA's convolution, `networks.matmul_conv` (one matmul over the
 kernel's shifted slices) and, for 3x3 stride-1 layers,
 `networks.winograd_conv` (Winograd F(2x2, 3x3)) win on different layers,
-and which one wins depends on the CPU and the layer's channels: matmul convolutions made a width-1/4 ResNet-18 step
-1.18-1.31x faster on one x86 CPU and 0.71x on an AMD EPYC (Zen 4), while
-on that EPYC they still pay at width 1 (docs/performance.md). So no fixed
-rule: `plan` finds the network's convolution shapes (from the traced
-forward pass), times forward + backward of each with every implementation
-that computes it at the run's per-device batch, and keeps the fastest. The choices are cached
+and which one wins depends on the CPU and the layer's channels: matmul
+convolutions made a width-1/4 ResNet-18 step 1.18-1.31x faster on one x86
+CPU and 0.71x on an AMD EPYC (Zen 4), while on that EPYC they still pay at
+width 1, and Winograd wins its 3x3 stride-1 layers from 64 channels up
+(docs/performance.md). So no fixed rule: `plan` finds the network's
+convolution shapes (from the traced forward pass), times forward +
+backward of each with every implementation that computes it at the run's
+per-device batch, and keeps the fastest. The choices are cached
 per machine (CPU model, usable cores, JAX and jaxlib versions) in
 `$BYOL_JAX_CACHE_DIR` (default `~/.cache/byol_jax`) so a later run starts
 at once; each choice is logged. On GPU/TPU the vendor convolutions are the
