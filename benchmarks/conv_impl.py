@@ -135,5 +135,6 @@ def main():
             f'{1e3 * times["matmul"]:10.2f} {wino} {auto:>9s} '
             f'{times["xla"] / times[auto]:10.2f}x{versus}', flush=True)
 
+
 if __name__ == '__main__':
   main()

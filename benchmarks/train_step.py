@@ -276,7 +276,7 @@ def main():
               f'{t["images_per_s"]:12.1f} {line["ratio"]:6.2f} {span:>11s} '
               f'{j["first_step_s"]:10.1f} {t["first_step_s"]:12.1f} '
               f'{line["conv_plan_s_first"]:7.1f} '
-              f'{j["matmul_conv_shapes"]:3.0f}/{j.get("winograd_conv_shapes", 0):<3.0f} '
+              f'{j["matmul_conv_shapes"]:3.0f}/{j["winograd_conv_shapes"]:<3.0f} '
               f'{j["peak_rss_mb"]:8.0f} {t["peak_rss_mb"]:9.0f} '
               f'{j["gflop_per_step"]:11.1f} '
               f'{100 * j["achieved_gflops"] / j["matmul_peak_gflops"]:13.0f}%',

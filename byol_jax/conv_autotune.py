@@ -215,12 +215,12 @@ def measure(convs: list[tuple], path: str) -> dict:
   cached = _read_cache(path)
   out, new = {}, {}
   for conv in convs:
-    entry = cached.get(_key(conv))
-    if entry is None or entry['impl'] not in candidates(conv) or any(
+    entry, impls = cached.get(_key(conv)), candidates(conv)
+    if entry is None or entry['impl'] not in impls or any(
         not isinstance(entry.get(f'{i}_ms'), (int, float))
-        for i in candidates(conv)):  # Missing, or not from this code.
+        for i in impls):  # Missing, or not from this code.
       ms = {impl: 1e3 * seconds_per_call(CONVS[impl], *conv)
-            for impl in candidates(conv)}
+            for impl in impls}
       entry = {'impl': choose(ms),
                **{f'{impl}_ms': round(t, 3) for impl, t in ms.items()}}
       new[_key(conv)] = entry

@@ -112,6 +112,12 @@ def _winograd_at(m0, m1, m2, m3):
   return m0 + m1 + m2, m1 - m2 - m3
 
 
+def winograd_applies(rhs_shape, window_strides) -> bool:
+  """Whether `winograd_conv` computes this convolution (3x3, stride 1)."""
+  return (tuple(rhs_shape[:2]) == (3, 3)
+          and tuple(window_strides) == (1, 1))
+
+
 def winograd_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
                   rhs_dilation=None, dimension_numbers=None,
                   feature_group_count=1, precision=None,
@@ -137,7 +143,7 @@ def winograd_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
   (pt, pb), (pl, pr) = _nhwc_pads(
       'winograd_conv', lhs, rhs, window_strides, padding, lhs_dilation,
       rhs_dilation, dimension_numbers, feature_group_count)
-  if rhs.shape[:2] != (3, 3) or tuple(window_strides) != (1, 1):
+  if not winograd_applies(rhs.shape, window_strides):
     raise NotImplementedError(
         'winograd_conv handles 3x3 stride-1 convolutions, not '
         f'{rhs.shape[0]}x{rhs.shape[1]}/{tuple(window_strides)}; use '
@@ -167,6 +173,7 @@ def winograd_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
 # What a `planned_conv` plan may name, besides 'xla'.
 PLANNED_CONVS = {'matmul': matmul_conv, 'winograd': winograd_conv}
 
+
 def conv_signature(lhs_shape, rhs_shape, window_strides, padding,
                    dtype) -> tuple:
   """What decides a convolution's speed, the batch left out (a choice made
@@ -191,12 +198,6 @@ def planned_conv(lhs, rhs, window_strides, padding, *args, plan=(),
                        lhs.dtype)
   conv = PLANNED_CONVS.get(dict(plan).get(sig), jax.lax.conv_general_dilated)
   return conv(lhs, rhs, window_strides, padding, *args, **kwargs)
-
-
-def winograd_applies(rhs_shape, window_strides) -> bool:
-  """Whether `winograd_conv` computes this convolution (3x3, stride 1)."""
-  return (tuple(rhs_shape[:2]) == (3, 3)
-          and tuple(window_strides) == (1, 1))
 
 
 def winograd_where_it_applies(lhs, rhs, window_strides, padding, *args,
@@ -299,8 +300,8 @@ class ResNet(nn.Module):
       have the same parameters and outputs) or 'auto': per layer shape,
       what `conv_plan` names (`conv_autotune.plan` measures it; XLA's
       without).
-    conv_plan: pairs of (`conv_signature`, 'xla' | 'matmul' | 'winograd')
-      for 'auto'.
+    conv_plan: pairs of (`conv_signature`, 'matmul' | 'winograd') for
+      'auto'.
     official_shortcuts: a projection shortcut (1x1 conv + BatchNorm) in the
       first block of every stage, as the official BYOL ResNet (Haiku's
       BlockGroup: use_projection for block 0); False (torchvision's layout)
