@@ -8,7 +8,8 @@ shapes of our benchmark networks, with `lax.conv_general_dilated` (what
 `model.conv_impl='xla'` runs), with `networks.matmul_conv` (the kernel's
 kh*kw shifted slices of the input concatenated and multiplied by the
 reshaped kernel) and, on the 3x3 stride-1 layers, `networks.winograd_conv`
-(Winograd F(2x2, 3x3)), alternating them in one run, and prints which one
+(Winograd F(2x2, 3x3), column 'wg2', and F(4x4, 3x3), 'wg4'), alternating
+them in one run, and prints which one
 model.conv_impl='auto' would pick from these timings and its speed-up over
 XLA's. Where torch is importable (the bench venv:
 `.venv-bench/bin/python benchmarks/conv_impl.py`), the same layer's
@@ -113,7 +114,7 @@ def main():
   versus_torch = (f' {"torch ms":>9s} {"auto / torch":>13s}'
                   if _torch() is not None else '')
   print(f'{"net":8s} {"layer (batch side cin->cout kxk/s)":36s} '
-        f'{"xla ms":>9s} {"matmul ms":>10s} {"winograd ms":>12s} '
+        f'{"xla ms":>9s} {"matmul ms":>10s} {"wg2 ms":>9s} {"wg4 ms":>9s} '
         f'{"auto":>9s} {"xla / auto":>11s}' + versus_torch)
   for net in args.shapes.split(','):
     for n, side, cin, cout, k, s in SHAPES[net]:
@@ -129,8 +130,8 @@ def main():
       layer = conv_autotune.describe(shape)
       versus = ('' if pt is None else
                 f' {1e3 * pt:9.2f} {pt / times[auto]:12.2f}x')
-      wino = (f'{1e3 * times["winograd"]:12.2f}' if 'winograd' in times
-              else f'{"-":>12s}')
+      wino = ' '.join(f'{1e3 * times[i]:9.2f}' if i in times
+                      else f'{"-":>9s}' for i in ('winograd', 'winograd4'))
       print(f'{net:8s} {layer:36s} {1e3 * times["xla"]:9.2f} '
             f'{1e3 * times["matmul"]:10.2f} {wino} {auto:>9s} '
             f'{times["xla"] / times[auto]:10.2f}x{versus}', flush=True)

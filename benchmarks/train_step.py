@@ -6,10 +6,10 @@ the same step (benchmarks/torch_reference.py), side by side in one run.
   .venv-bench/bin/python benchmarks/train_step.py --conv_impls=auto,xla,matmul
 
 `--conv_impls` times our step once per `model.conv_impl` ('auto', the
-default: per layer shape the fastest of the three below, as timed on this
+default: per layer shape the fastest of those below, as timed on this
 machine; 'xla': XLA's convolutions; 'matmul': networks.matmul_conv;
-'winograd': networks.winograd_conv on the 3x3 stride-1 layers), each
-against the same PyTorch run.
+'winograd' / 'winograd4': networks.winograd_conv, F(2x2, 3x3) / F(4x4,
+3x3), on the 3x3 stride-1 layers), each against the same PyTorch run.
 
 Cases: the demo's network (ResNet-18 width 1/8, small_pool stem, 28x28x1,
 batch 64); ResNet-18 with the small-image stem at 32x32, batch 256;
@@ -141,6 +141,7 @@ def run_jax(case: str, method: str, steps: int,
           'conv_plan_s': plan_s,
           'matmul_conv_shapes': impls.count('matmul'),
           'winograd_conv_shapes': impls.count('winograd'),
+          'winograd4_conv_shapes': impls.count('winograd4'),
           'peak_rss_mb': _peak_rss_mb(), 'gflop_per_step': flops / 1e9,
           'achieved_gflops': flops / dt / 1e9,
           'matmul_peak_gflops': peak / 1e9,
@@ -221,7 +222,7 @@ def main():
   p.add_argument('--conv_impls', default='auto',
                  help="model.conv_impl values to time, comma-separated: "
                  "'auto' (the default config), 'xla', 'matmul', "
-                 "'winograd'.")
+                 "'winograd', 'winograd4'.")
   p.add_argument('--diagnostics', default='on',
                  help="comma-separated: 'on' (the trainer's step: the "
                  "effective rank every log_every_steps, 100, so never in "
@@ -245,7 +246,7 @@ def main():
   header = (f'{"case":9s} {"method":8s} {"conv":12s} {"JAX img/s":>10s} '
             f'{"torch img/s":>12s} {"ratio":>6s} {"(range)":>11s} '
             f'{"JAX 1st s":>10s} '
-            f'{"torch 1st s":>12s} {"plan s":>7s} {"mm/wg":>7s} '
+            f'{"torch 1st s":>12s} {"plan s":>7s} {"mm/w2/w4":>9s} '
             f'{"JAX MB":>8s} {"torch MB":>9s} '
             f'{"GFLOP/step":>11s} {"% matmul peak":>14s}')
   print(header)
@@ -276,7 +277,9 @@ def main():
               f'{t["images_per_s"]:12.1f} {line["ratio"]:6.2f} {span:>11s} '
               f'{j["first_step_s"]:10.1f} {t["first_step_s"]:12.1f} '
               f'{line["conv_plan_s_first"]:7.1f} '
-              f'{j["matmul_conv_shapes"]:3.0f}/{j["winograd_conv_shapes"]:<3.0f} '
+              f'{j["matmul_conv_shapes"]:3.0f}/'
+              f'{j["winograd_conv_shapes"]:.0f}/'
+              f'{j["winograd4_conv_shapes"]:<3.0f} '
               f'{j["peak_rss_mb"]:8.0f} {t["peak_rss_mb"]:9.0f} '
               f'{j["gflop_per_step"]:11.1f} '
               f'{100 * j["achieved_gflops"] / j["matmul_peak_gflops"]:13.0f}%',
@@ -286,8 +289,8 @@ def main():
         'round; images/s, first steps and memory are medians over rounds. '
         "JAX 1st s: trace + compile + run of the first step; plan s: "
         "model.conv_impl='auto' timing the convolutions (~0 once cached); "
-        'mm/wg: convolution shapes it gave to matmul_conv / '
-        'winograd_conv.')
+        'mm/w2/w4: convolution shapes it gave to matmul_conv / '
+        'winograd_conv F(2x2, 3x3) / F(4x4, 3x3).')
   print(json.dumps(rows))
 
 

@@ -49,10 +49,11 @@ def base_config() -> ml_collections.ConfigDict:
       use_predictor=True, compute_dtype='float32',
       # 'auto': on CPU each convolution shape runs XLA's convolution,
       # networks.matmul_conv (one matmul over shifted patches) or, for 3x3
-      # stride-1 layers, networks.winograd_conv (Winograd F(2x2, 3x3)),
-      # whichever was fastest when timed on this machine
+      # stride-1 layers, networks.winograd_conv (Winograd F(2x2, 3x3) or
+      # F(4x4, 3x3)), whichever was fastest when timed on this machine
       # (byol_jax.conv_autotune); XLA's on GPU/TPU. 'xla' / 'matmul' /
-      # 'winograd' force one for every layer (winograd where it applies).
+      # 'winograd' / 'winograd4' force one for every layer (Winograd where
+      # it applies).
       conv_impl='auto',
       # True: a projection shortcut in every stage's first block, as the
       # official BYOL ResNet (differs from torchvision for ResNet-18/34 only).

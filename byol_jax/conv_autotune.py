@@ -3,16 +3,15 @@ that is fastest on the machine the run is on.
 
 On CPU, XLA's convolution, `networks.matmul_conv` (one matmul over the
 kernel's shifted slices) and, for 3x3 stride-1 layers,
-`networks.winograd_conv` (Winograd F(2x2, 3x3)) win on different layers,
-and which one wins depends on the CPU and the layer's channels: matmul
-convolutions made a width-1/4 ResNet-18 step 1.18-1.31x faster on one x86
-CPU and 0.71x on an AMD EPYC (Zen 4), while on that EPYC they still pay at
-width 1, and Winograd wins its 3x3 stride-1 layers from 64 channels up
-(docs/performance.md). So no fixed rule: `plan` finds the network's
-convolution shapes (from the traced forward pass), times forward +
-backward of each with every implementation that computes it at the run's
-per-device batch, and keeps the fastest. The choices are cached
-per machine (CPU model, usable cores, JAX and jaxlib versions) in
+`networks.winograd_conv` (Winograd F(2x2, 3x3) and F(4x4, 3x3)) win on
+different layers, and which one wins depends on the CPU and the layer's
+channels: matmul convolutions made a width-1/4 ResNet-18 step 1.18-1.31x
+faster on one x86 CPU and 0.71x on an AMD EPYC (Zen 4), while on that EPYC
+they still pay at width 1, and Winograd wins its 3x3 stride-1 layers from
+64 channels up (docs/performance.md). So no fixed rule: `plan` finds the
+network's convolution shapes (from the traced forward pass), times forward
++ backward of each with every implementation that computes it at the run's
+per-device batch, and keeps the fastest. The choices are cached per machine (CPU model, usable cores, JAX and jaxlib versions) in
 `$BYOL_JAX_CACHE_DIR` (default `~/.cache/byol_jax`) so a later run starts
 at once; each choice is logged. On GPU/TPU the vendor convolutions are the
 fast path: XLA's, untimed. In a multi-process run process 0 decides and
@@ -36,14 +35,15 @@ import numpy as np
 
 from byol_jax import networks
 
-IMPLS = ('xla', 'matmul', 'winograd')
+IMPLS = ('xla', 'matmul', 'winograd', 'winograd4')
 CONVS = {'xla': jax.lax.conv_general_dilated, **networks.PLANNED_CONVS}
 # Another implementation must be this much faster than XLA's to be chosen:
 # within it, the two are a tie on a noisy machine, and XLA's uses the least
-# memory (no kh*kw patches, no 4x-sized Winograd tiles).
+# memory (no kh*kw patches, no 2.25-4x-sized Winograd tiles).
 MARGIN = 0.97
-# 2: Winograd timings added (a version-1 file is measured again).
-_CACHE_VERSION = 2
+# 2: Winograd timings added; 3: Winograd's transforms as matmuls, and
+# F(4x4, 3x3) (an older file is measured again).
+_CACHE_VERSION = 3
 
 
 def cache_dir() -> str:
@@ -195,11 +195,11 @@ def candidates(conv) -> tuple:
   """The implementations that compute `conv` (lhs, rhs, strides, pads,
   dtype): all of IMPLS, Winograd only for float32 3x3 stride-1 kernels
   (its transforms rounded to bfloat16 give ~2.5x the direct convolution's
-  error, 0.7% vs 0.3% relative on a 64-channel layer)."""
+  error with F(2x2, 3x3), 0.7% vs 0.3% relative on a 64-channel layer)."""
   _, rhs, strides, _, dtype = conv
-  return tuple(i for i in IMPLS if i != 'winograd'
-               or (networks.winograd_applies(rhs, strides)
-                   and jnp.dtype(dtype) == jnp.float32))
+  winograd = (networks.winograd_applies(rhs, strides)
+              and jnp.dtype(dtype) == jnp.float32)
+  return tuple(i for i in IMPLS if winograd or not i.startswith('winograd'))
 
 
 def choose(times: dict) -> str:
@@ -210,8 +210,9 @@ def choose(times: dict) -> str:
 
 
 def measure(convs: list[tuple], path: str) -> dict:
-  """{conv: {'impl', 'xla_ms', 'matmul_ms'[, 'winograd_ms'], 'cached'}}:
-  from the cache file `path`, or timed now (and added to it)."""
+  """{conv: {'impl', 'xla_ms', 'matmul_ms'[, 'winograd_ms',
+  'winograd4_ms'], 'cached'}}: from the cache file `path`, or timed now
+  (and added to it)."""
   cached = _read_cache(path)
   out, new = {}, {}
   for conv in convs:
@@ -258,9 +259,11 @@ def plan(model_config, image_shape, batch: int,
   if choices:
     fresh = sum(not v['cached'] for v in choices.values())
     logging.info(
-        "model.conv_impl='auto': matmul_conv for %d, winograd_conv for %d "
-        'of %d convolution shapes on %s (%s; %s):\n%s',
-        impls.count('matmul'), impls.count('winograd'), len(convs),
+        "model.conv_impl='auto': matmul_conv for %d, winograd_conv "
+        'F(2x2, 3x3) for %d and F(4x4, 3x3) for %d of %d convolution '
+        'shapes on %s (%s; %s):\n%s',
+        impls.count('matmul'), impls.count('winograd'),
+        impls.count('winograd4'), len(convs),
         machine(), 'timed now' if fresh else 'timed in an earlier run',
         path, '\n'.join(f'  {describe(c):28s} ' + '  '.join(
             f'{impl} {choices[c][impl + "_ms"]:8.2f} ms'

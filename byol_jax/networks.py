@@ -37,7 +37,7 @@ BN_EPSILON = 1e-5
 
 # 'auto': each layer runs the implementation measured fastest for its shape
 # on this machine (byol_jax.conv_autotune); XLA's on GPU/TPU.
-CONV_IMPLS = ('auto', 'xla', 'matmul', 'winograd')
+CONV_IMPLS = ('auto', 'xla', 'matmul', 'winograd', 'winograd4')
 
 
 def _nhwc_pads(name, lhs, rhs, window_strides, padding, lhs_dilation,
@@ -94,22 +94,26 @@ def matmul_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
                     preferred_element_type=preferred_element_type)
 
 
-# Winograd F(2x2, 3x3) (Lavin & Gray 2016, "Fast Algorithms for
-# Convolutional Neural Networks", eq. 8): Y = A^T [(G g G^T) * (B^T d B)] A
-# for each 4x4 input tile d (stride 2) and 2x2 output tile Y.
-_WINOGRAD_G = np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]],
-                       np.float32)
-
-
-def _winograd_bt(d0, d1, d2, d3):
-  """B^T d along one axis: rows of B^T are (1,0,-1,0), (0,1,1,0),
-  (0,-1,1,0), (0,1,0,-1)."""
-  return d0 - d2, d1 + d2, d2 - d1, d1 - d3
-
-
-def _winograd_at(m0, m1, m2, m3):
-  """A^T m along one axis: rows of A^T are (1,1,1,0), (0,1,-1,-1)."""
-  return m0 + m1 + m2, m1 - m2 - m3
+# Winograd minimal filtering F(m x m, 3x3) (Lavin & Gray 2016, "Fast
+# Algorithms for Convolutional Neural Networks", eq. 8):
+# Y = A^T [(G g G^T) * (B^T d B)] A for each (m+2)x(m+2) input tile d
+# (stride m) and m x m output tile Y. m=2: interpolation points 0, +-1;
+# m=4: 0, +-1, +-2 (their Table 2 / eq. 12), and the point at infinity.
+_WINOGRAD = {  # m: (B^T, G, A^T)
+    2: (np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0],
+                  [0, 1, 0, -1]], np.float64),
+        np.array([[1, 0, 0], [.5, .5, .5], [.5, -.5, .5], [0, 0, 1]],
+                 np.float64),
+        np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float64)),
+    4: (np.array([[4, 0, -5, 0, 1, 0], [0, -4, -4, 1, 1, 0],
+                  [0, 4, -4, -1, 1, 0], [0, -2, -1, 2, 1, 0],
+                  [0, 2, -1, -2, 1, 0], [0, 4, 0, -5, 0, 1]], np.float64),
+        np.array([[1 / 4, 0, 0], [-1 / 6, -1 / 6, -1 / 6],
+                  [-1 / 6, 1 / 6, -1 / 6], [1 / 24, 1 / 12, 1 / 6],
+                  [1 / 24, -1 / 12, 1 / 6], [0, 0, 1]], np.float64),
+        np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0],
+                  [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], np.float64)),
+}
 
 
 def winograd_applies(rhs_shape, window_strides) -> bool:
@@ -118,26 +122,42 @@ def winograd_applies(rhs_shape, window_strides) -> bool:
           and tuple(window_strides) == (1, 1))
 
 
+def _overlapping_tiles(x, axis: int, m: int, tiles: int):
+  """`axis` of length m * (tiles + 1) -> (tiles, m + 2): tile t holds rows
+  [m t, m t + m + 2). Reshapes and one concatenation, no strided slices
+  (whose transposes, in the backward pass, XLA's CPU backend runs slowly)."""
+  blocks = x.reshape(x.shape[:axis] + (tiles + 1, m) + x.shape[axis + 1:])
+  head = jax.lax.slice_in_dim(blocks, 0, tiles, axis=axis)
+  tail = jax.lax.slice_in_dim(
+      jax.lax.slice_in_dim(blocks, 1, tiles + 1, axis=axis), 0, 2,
+      axis=axis + 1)
+  return jnp.concatenate([head, tail], axis + 1)
+
+
 def winograd_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
                   rhs_dilation=None, dimension_numbers=None,
                   feature_group_count=1, precision=None,
-                  preferred_element_type=None):
+                  preferred_element_type=None, *, tile: int = 2):
   """`lax.conv_general_dilated` for a 3x3 stride-1 NHWC x HWIO convolution
-  by Winograd's minimal filtering F(2x2, 3x3) (Lavin & Gray 2016).
+  by Winograd's minimal filtering F(tile x tile, 3x3) (Lavin & Gray 2016).
 
-  The padded input is cut into 4x4 tiles at stride 2, one per 2x2 block of
-  output; each tile's 16 transformed values (B^T d B, additions only) meet
-  the transformed kernel (G g G^T) in 16 matmuls of (tiles, Cin) x
-  (Cin, Cout), and A^T (.) A folds them back into 2x2 outputs: 2.25x fewer
-  multiplications than the direct convolution, in the forward pass and in
-  both gradients (autodiff through the same linear maps). The transforms
-  hold 4x the input and output; that traffic makes it slower than XLA's
-  convolution at few channels and faster at many on XLA's CPU backend
-  (benchmarks/conv_impl.py), hence per-layer timing in conv_autotune.
-  Agrees with the direct convolution to float32 rounding (~1e-6 relative);
-  in bfloat16 the rounded transforms give ~2.5x the direct convolution's
-  error, so 'auto' considers it for float32 layers only. Same parameters
-  as `nn.Conv`.
+  The padded input is cut into (tile+2)^2 tiles at stride `tile`, one per
+  tile x tile block of output. Per tile and channel the transform B^T d B
+  is one matmul of the (tile+2)^2 tile values by kron(B^T, B^T); the
+  transformed tiles meet the transformed kernel (G g G^T) in (tile+2)^2
+  matmuls of (tiles, Cin) x (Cin, Cout), and kron(A^T, A^T) folds them back
+  into outputs. Multiplications in those matmuls against the direct
+  convolution's: 2.25x fewer with tile=2, 4x fewer with tile=4, in the
+  forward pass and in both gradients (autodiff through the same linear
+  maps); the transformed tiles hold 4x (tile=2) or 2.25x (tile=4) the
+  input's and output's memory. Writing the transforms as matmuls over
+  tiles cut by reshapes is what makes them cheap on XLA's CPU backend
+  (elementwise sums of strided slices ran at a third of memory speed).
+  Float32 agreement with the direct convolution (relative, whole tensor):
+  ~5e-7 with tile=2, ~3e-6 with tile=4 (its interpolation points +-2 and
+  G's 1/6 and 1/24 amplify rounding, as the paper notes); in bfloat16
+  both are worse than the direct convolution, so 'auto' considers them for
+  float32 layers only. Same parameters as `nn.Conv`.
   """
   del precision
   (pt, pb), (pl, pr) = _nhwc_pads(
@@ -148,30 +168,44 @@ def winograd_conv(lhs, rhs, window_strides, padding, lhs_dilation=None,
         'winograd_conv handles 3x3 stride-1 convolutions, not '
         f'{rhs.shape[0]}x{rhs.shape[1]}/{tuple(window_strides)}; use '
         "model.conv_impl='xla'.")
+  if tile not in _WINOGRAD:
+    raise ValueError(f'winograd_conv: tile={tile!r}, use one of '
+                     f'{tuple(_WINOGRAD)}.')
+  bt, g, at = _WINOGRAD[tile]
+  a = tile + 2
   n, h, w, cin = lhs.shape
   cout = rhs.shape[-1]
   ho, wo = h + pt + pb - 2, w + pl + pr - 2
-  th, tw = -(-ho // 2), -(-wo // 2)  # Tiles; an odd side gets one more row.
-  x = jnp.pad(lhs, ((0, 0), (pt, pb + 2 * th - ho), (pl, pr + 2 * tw - wo),
-                    (0, 0)))
-  rows = _winograd_bt(*[x[:, i:i + 2 * th:2] for i in range(4)])
-  v = [t for r in rows
-       for t in _winograd_bt(*[r[:, :, j:j + 2 * tw:2] for j in range(4)])]
-  v = jnp.stack(v).reshape(16, n * th * tw, cin)
-  g = _WINOGRAD_G.astype(rhs.dtype)
-  u = jnp.einsum('ai,ijco,bj->abco', g, rhs, g).reshape(16, cin, cout)
+  th, tw = -(-ho // tile), -(-wo // tile)  # Tiles; a partial one is padded.
+  # tiles + 1 blocks a side: the last tile's 2 extra rows are the next
+  # block's first (zeros past the pads; they meet only cropped outputs).
+  x = jnp.pad(lhs, ((0, 0), (pt, tile * (th + 1) - h - pt),
+                    (pl, tile * (tw + 1) - w - pl), (0, 0)))
+  d = _overlapping_tiles(_overlapping_tiles(x, 1, tile, th), 3, tile, tw)
+  # (n, th, a, tw, a, cin) -> (a*a, n*th*tw*cin): a tile's values on rows.
+  d = d.transpose(2, 4, 0, 1, 3, 5).reshape(a * a, -1)
+  v = (jnp.asarray(np.kron(bt, bt), lhs.dtype) @ d).reshape(a * a, -1, cin)
+  gk = jnp.asarray(g, rhs.dtype)
+  u = jnp.einsum('ai,ijco,bj->abco', gk, rhs, gk).reshape(a * a, cin, cout)
   m = jnp.einsum('tpc,tco->tpo', v, u,
                  preferred_element_type=preferred_element_type)
-  m = m.reshape(4, 4, n, th, tw, cout)
-  y = [_winograd_at(*r) for r in zip(*[_winograd_at(*m[:, j])
-                                       for j in range(4)])]
-  # y[i][j]: output (i, j) of each 2x2 tile -> (n, th, 2, tw, 2, cout).
-  y = jnp.stack([jnp.stack(y[i], -2) for i in range(2)], 2)
-  return y.reshape(n, 2 * th, 2 * tw, cout)[:, :ho, :wo]
+  y = jnp.asarray(np.kron(at, at), m.dtype) @ m.reshape(a * a, -1)
+  # (tile, tile, n, th, tw, cout) -> (n, th, tile, tw, tile, cout).
+  y = y.reshape(tile, tile, n, th, tw, cout).transpose(2, 3, 0, 4, 1, 5)
+  return y.reshape(n, tile * th, tile * tw, cout)[:, :ho, :wo]
+
+
+def winograd4_conv(lhs, rhs, window_strides, padding, *args, **kwargs):
+  """`winograd_conv` with F(4x4, 3x3): 4x fewer multiplications than the
+  direct convolution and 2.25x-sized tiles (F(2x2, 3x3): 2.25x and 4x), at
+  ~6x F(2x2, 3x3)'s rounding error (still ~3e-6 relative in float32)."""
+  return winograd_conv(lhs, rhs, window_strides, padding, *args, tile=4,
+                       **kwargs)
 
 
 # What a `planned_conv` plan may name, besides 'xla'.
-PLANNED_CONVS = {'matmul': matmul_conv, 'winograd': winograd_conv}
+PLANNED_CONVS = {'matmul': matmul_conv, 'winograd': winograd_conv,
+                 'winograd4': winograd4_conv}
 
 
 def conv_signature(lhs_shape, rhs_shape, window_strides, padding,
@@ -192,8 +226,8 @@ def conv_signature(lhs_shape, rhs_shape, window_strides, padding,
 def planned_conv(lhs, rhs, window_strides, padding, *args, plan=(),
                  **kwargs):
   """`lax.conv_general_dilated`, or what `plan` (pairs of
-  (`conv_signature`, 'matmul' | 'winograd')) names for this shape:
-  `matmul_conv` or `winograd_conv`; shapes not in the plan run XLA's."""
+  (`conv_signature`, a `PLANNED_CONVS` name)) names for this shape; shapes
+  not in the plan run XLA's."""
   sig = conv_signature(lhs.shape, rhs.shape, window_strides, padding,
                        lhs.dtype)
   conv = PLANNED_CONVS.get(dict(plan).get(sig), jax.lax.conv_general_dilated)
@@ -201,24 +235,30 @@ def planned_conv(lhs, rhs, window_strides, padding, *args, plan=(),
 
 
 def winograd_where_it_applies(lhs, rhs, window_strides, padding, *args,
-                              **kwargs):
-  """`winograd_conv` for the 3x3 stride-1 layers, XLA's for the others."""
-  conv = (winograd_conv if winograd_applies(rhs.shape, window_strides)
-          else jax.lax.conv_general_dilated)
-  return conv(lhs, rhs, window_strides, padding, *args, **kwargs)
+                              tile: int = 2, **kwargs):
+  """`winograd_conv` F(tile x tile, 3x3) for the 3x3 stride-1 layers,
+  XLA's for the others."""
+  if winograd_applies(rhs.shape, window_strides):
+    return winograd_conv(lhs, rhs, window_strides, padding, *args, tile=tile,
+                         **kwargs)
+  return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding,
+                                      *args, **kwargs)
 
 
 def conv_module(impl: str, plan: tuple = ()):
   """`nn.Conv` computed by XLA's convolution ('xla'), `matmul_conv`
-  ('matmul'), `winograd_conv` where it applies ('winograd') or, per layer
-  shape, the one `plan` names ('auto')."""
+  ('matmul'), `winograd_conv` F(2x2, 3x3) or F(4x4, 3x3) where it applies
+  ('winograd', 'winograd4') or, per layer shape, the one `plan` names
+  ('auto')."""
   if impl not in CONV_IMPLS:
     raise ValueError(f'conv_impl={impl!r}: use one of {CONV_IMPLS}.')
   if impl == 'xla' or (impl == 'auto' and not plan):
     return nn.Conv
   conv = {'auto': functools.partial(planned_conv, plan=plan),
           'matmul': matmul_conv,
-          'winograd': winograd_where_it_applies}[impl]
+          'winograd': winograd_where_it_applies,
+          'winograd4': functools.partial(winograd_where_it_applies, tile=4),
+          }[impl]
   return functools.partial(nn.Conv, conv_general_dilated=conv)
 
 
@@ -296,11 +336,11 @@ class ResNet(nn.Module):
       or 'small_pool' (3x3/1 conv + 3x3/2 max-pool: stage 1 at half the
       input side, 4x fewer FLOPs than 'small'; the CPU demo's stem).
     conv_impl: 'xla' (lax.conv_general_dilated), 'matmul' (`matmul_conv`),
-      'winograd' (`winograd_conv` for the 3x3 stride-1 layers; all three
-      have the same parameters and outputs) or 'auto': per layer shape,
-      what `conv_plan` names (`conv_autotune.plan` measures it; XLA's
-      without).
-    conv_plan: pairs of (`conv_signature`, 'matmul' | 'winograd') for
+      'winograd' / 'winograd4' (`winograd_conv`, F(2x2, 3x3) / F(4x4, 3x3),
+      for the 3x3 stride-1 layers; all of them have the same parameters and
+      outputs) or 'auto': per layer shape, what `conv_plan` names
+      (`conv_autotune.plan` measures it; XLA's without).
+    conv_plan: pairs of (`conv_signature`, a `PLANNED_CONVS` name) for
       'auto'.
     official_shortcuts: a projection shortcut (1x1 conv + BatchNorm) in the
       first block of every stage, as the official BYOL ResNet (Haiku's

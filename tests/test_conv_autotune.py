@@ -45,15 +45,18 @@ def test_conv_shapes_are_the_networks_distinct_convolutions():
   assert convs[0][3] == ((1, 1), (1, 1)) and convs[2][3] == ((0, 1), (0, 1))
 
 
-# The 3x3 stride-1 ones, which winograd_conv also computes.
+# The 3x3 stride-1 ones, which winograd_conv (both tiles) also computes.
 WINOGRAD = [c for c in EXPECTED if c[3] == 3 and c[4] == 1]
-TIMINGS = 2 * len(EXPECTED) + len(WINOGRAD)   # xla, matmul (+ winograd).
+# xla, matmul (+ Winograd F(2x2, 3x3) and F(4x4, 3x3)).
+TIMINGS = 2 * len(EXPECTED) + 2 * len(WINOGRAD)
 
 
-def _fake_timings(monkeypatch, faster, winograd_faster=()):
+def _fake_timings(monkeypatch, faster, winograd_faster=(),
+                  winograd4_faster=()):
   """matmul_conv 'takes' 1 ms on the layers in `faster` and 3 ms elsewhere,
   winograd_conv 0.5 ms on those in `winograd_faster` and 4 ms elsewhere,
-  XLA's 2 ms everywhere; records every timing made."""
+  winograd4_conv 0.25 ms on those in `winograd4_faster` and 5 ms
+  elsewhere, XLA's 2 ms everywhere; records every timing made."""
   calls = []
 
   def fake(conv, lhs, rhs, strides, padding, dtype, **kw):
@@ -65,6 +68,9 @@ def _fake_timings(monkeypatch, faster, winograd_faster=()):
     if conv is networks.winograd_conv:
       assert layer in WINOGRAD  # Timed only where it applies.
       return 0.5e-3 if layer in winograd_faster else 4e-3
+    if conv is networks.winograd4_conv:
+      assert layer in WINOGRAD
+      return 0.25e-3 if layer in winograd4_faster else 5e-3
     return 2e-3
   monkeypatch.setattr(conv_autotune, 'seconds_per_call', fake)
   return calls
@@ -100,15 +106,19 @@ def test_a_tie_goes_to_xla(monkeypatch, tmp_path):
   """Within 3% of XLA's is a tie on a noisy machine: XLA's (least memory)."""
   monkeypatch.setattr(conv_autotune, 'seconds_per_call',
                       lambda conv, *a, **k: {networks.matmul_conv: 0.99e-3,
-                                             networks.winograd_conv: 0.975e-3
+                                             networks.winograd_conv: 0.975e-3,
+                                             networks.winograd4_conv: 0.98e-3,
                                              }.get(conv, 1e-3))
   assert conv_autotune.plan(_model(conv_impl='auto'), (8, 8, 1), 2,
                             path=str(tmp_path / 'c.json')) == ()
 
 
 @pytest.mark.parametrize('content', [
-    '{not json', '[]', '{"version": 2, "machines": []}',
-    '{"version": 2, "machines": {"MACHINE": {"k": {"impl": "cudnn"}}}}',
+    '{not json', '[]', '{"version": 3, "machines": []}',
+    '{"version": 3, "machines": {"MACHINE": {"k": {"impl": "cudnn"}}}}',
+    # Version 2: Winograd F(2x2, 3x3) as sums of strided slices, slower
+    # than today's; no F(4x4, 3x3). Its choices are timed again.
+    '{"version": 2, "machines": {"MACHINE": {}}}',
     '{"version": 99, "machines": {"MACHINE": {}}}', ''])
 def test_a_damaged_or_foreign_cache_is_measured_again(monkeypatch, tmp_path,
                                                       content):
@@ -140,44 +150,49 @@ def test_a_cache_entry_this_code_cannot_run_is_measured_again(
   convs, keys = _entries(model)
   shortcut = next(i for i, c in enumerate(convs) if c[1][0] == 1)
   stem = 0
-  ms = {'xla_ms': 2.0, 'matmul_ms': 3.0, 'winograd_ms': 1.0}
+  ms = {'xla_ms': 2.0, 'matmul_ms': 3.0, 'winograd_ms': 1.0,
+        'winograd4_ms': 1.5}
   good = {k: dict(ms, impl='xla') for k in keys}
   good[keys[shortcut]] = dict(ms, impl='winograd')      # Cannot run there.
   good[keys[stem]] = {'impl': 'winograd'}               # No timings.
   path = tmp_path / 'conv_impl.json'
-  path.write_text(json.dumps({'version': 2, 'machines': {
+  path.write_text(json.dumps({'version': 3, 'machines': {
       conv_autotune.machine(): good}}))
   calls = _fake_timings(monkeypatch, set())
   plan = conv_autotune.plan(model, (8, 8, 1), 2, path=str(path))
   assert plan == ()  # Both re-timed: XLA's wins with the fake timings.
   assert sorted({lhs for _, lhs in calls}) == sorted(
       {convs[shortcut][0], convs[stem][0]})
-  assert len(calls) == 2 + 3   # 1x1/2: xla, matmul; 3x3/1 stem: all three.
+  assert len(calls) == 2 + 4   # 1x1/2: xla, matmul; 3x3/1 stem: all four.
 
 
 def test_winograd_is_chosen_where_fastest_and_runs_there(monkeypatch,
                                                          tmp_path):
-  """The three-way choice: Winograd on the 3x3/1 layers where it is
-  fastest, matmul where that is, XLA's elsewhere; the planned network has
-  the same variables and outputs, with no XLA convolution left on the
-  Winograd layers (their 16 tile matmuls are dot_generals)."""
+  """The four-way choice: Winograd F(2x2, 3x3) or F(4x4, 3x3) on the 3x3/1
+  layers where it is fastest, matmul where that is, XLA's elsewhere; the
+  planned network has the same variables and outputs, with no XLA
+  convolution left on the Winograd layers (their tile matmuls are
+  dot_generals)."""
   _fake_timings(monkeypatch, set(EXPECTED[2:3]),
-                winograd_faster=set(WINOGRAD[1:3]))
+                winograd_faster=set(WINOGRAD[1:3]),
+                winograd4_faster=set(WINOGRAD[2:3]))
   model = _model(conv_impl='auto')
   path = tmp_path / 'c.json'
   plan = conv_autotune.plan(model, (8, 8, 1), 2, path=str(path))
   got = {(sig[0][0], sig[0][2], sig[1][3], sig[1][0], sig[2][0]): impl
          for sig, impl in plan}
   assert got == {EXPECTED[2]: 'matmul', WINOGRAD[1]: 'winograd',
-                 WINOGRAD[2]: 'winograd'}
+                 WINOGRAD[2]: 'winograd4'}
   entry = json.loads(path.read_text())['machines'][conv_autotune.machine()]
-  assert sum('winograd_ms' in e for e in entry.values()) == len(WINOGRAD)
+  for impl in ('winograd', 'winograd4'):
+    assert sum(f'{impl}_ms' in e for e in entry.values()) == len(WINOGRAD)
   planned = networks.build_network(model, 10, conv_plan=plan)
   plain = networks.build_network(model, 10)
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 1))
   variables = plain.init(jax.random.key(1), x, train=True)
-  # Stage 1's four 3x3 4->4 and stage 2's three 3x3/1 8->8 convolutions
-  # run Winograd; stage 2's first 3x3/2 runs as a matmul.
+  # Stage 1's four 3x3 4->4 (F(2x2, 3x3)) and stage 2's three 3x3/1 8->8
+  # (F(4x4, 3x3)) convolutions run Winograd; stage 2's first 3x3/2 runs as
+  # a matmul.
   assert _conv_count(planned, variables, x) == 20 - 4 - 3 - 1
   out = planned.apply(variables, x, train=False)
   ref = plain.apply(variables, x, train=False)
@@ -189,7 +204,7 @@ def test_winograd_is_a_candidate_for_float32_3x3_stride_1_only():
   conv = lambda k, s, dtype: ((2, 8, 8, 4), (k, k, 4, 4), (s, s),  # noqa: E731
                               ((1, 1), (1, 1)), dtype)
   assert conv_autotune.candidates(conv(3, 1, jnp.float32)) == (
-      'xla', 'matmul', 'winograd')
+      'xla', 'matmul', 'winograd', 'winograd4')
   for k, s, dtype in [(3, 2, jnp.float32), (1, 1, jnp.float32),
                       (7, 1, jnp.float32), (3, 1, jnp.bfloat16)]:
     assert conv_autotune.candidates(conv(k, s, dtype)) == ('xla', 'matmul')
