@@ -9,9 +9,8 @@ shapes of our benchmark networks, with `lax.conv_general_dilated` (what
 kh*kw shifted slices of the input concatenated and multiplied by the
 reshaped kernel) and, on the 3x3 stride-1 layers, `networks.winograd_conv`
 (Winograd F(2x2, 3x3), column 'wg2', and F(4x4, 3x3), 'wg4'), alternating
-them in one run, and prints which one
-model.conv_impl='auto' would pick from these timings and its speed-up over
-XLA's. Where torch is importable (the bench venv:
+them in one run, and prints which one model.conv_impl='auto' would pick
+from these timings and its speed-up over XLA's. Where torch is importable (the bench venv:
 `.venv-bench/bin/python benchmarks/conv_impl.py`), the same layer's
 forward + backward in PyTorch (oneDNN, NCHW, the same padding) too, and the
 picked implementation's speed against it. XLA_FLAGS in the environment

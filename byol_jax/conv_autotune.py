@@ -11,7 +11,8 @@ they still pay at width 1, and Winograd wins its 3x3 stride-1 layers from
 64 channels up (docs/performance.md). So no fixed rule: `plan` finds the
 network's convolution shapes (from the traced forward pass), times forward
 + backward of each with every implementation that computes it at the run's
-per-device batch, and keeps the fastest. The choices are cached per machine (CPU model, usable cores, JAX and jaxlib versions) in
+per-device batch, and keeps the fastest. The choices are cached per machine
+(CPU model, usable cores, JAX and jaxlib versions) in
 `$BYOL_JAX_CACHE_DIR` (default `~/.cache/byol_jax`) so a later run starts
 at once; each choice is logged. On GPU/TPU the vendor convolutions are the
 fast path: XLA's, untimed. In a multi-process run process 0 decides and
