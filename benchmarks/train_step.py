@@ -4,6 +4,7 @@ the same step (benchmarks/torch_reference.py), side by side in one run.
   make bench-step                 # every case, both methods
   .venv-bench/bin/python benchmarks/train_step.py --cases=r18_32 --steps=3
   .venv-bench/bin/python benchmarks/train_step.py --conv_impls=auto,xla,matmul
+  .venv-bench/bin/python benchmarks/train_step.py --cases=demo --pools=planes,xla
 
 `--conv_impls` times our step once per `model.conv_impl` ('auto', the
 default: per layer shape the fastest of those below, as timed on this
@@ -70,13 +71,17 @@ def _peak_rss_mb() -> float:
 
 
 def run_jax(case: str, method: str, steps: int,
-            conv_impl: str = 'auto', diagnostics: str = 'on') -> dict:
+            conv_impl: str = 'auto', diagnostics: str = 'on',
+            pool: str = 'planes') -> dict:
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from byol_jax import config_lib, conv_autotune, networks, optim, parallel, train_step  # pylint: disable=g-import-not-at-top
   if diagnostics == 'off':  # The step without the collapse metrics.
     train_step.diagnostics.collapse_metrics = lambda z, rank_due=True: {}
+  if pool == 'xla':  # The stems' max-pool with JAX's own gradient.
+    networks.max_pool = lambda x, window, strides: networks.nn.max_pool(
+        x, window, strides, padding='SAME')
 
   depth, stem, size, batch, width, channels = CASES[case]
   proj, pred, out = HEADS[(method, case)]
@@ -175,13 +180,14 @@ def run_torch(case: str, method: str, steps: int) -> dict:
 
 
 def _child(framework, case, method, steps, python, conv_impl='auto',
-           diagnostics='on') -> dict:
+           diagnostics='on', pool='planes') -> dict:
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
   env.pop('XLA_FLAGS', None)
   r = subprocess.run(
       [python, os.path.abspath(__file__), f'--child={framework}',
        f'--cases={case}', f'--methods={method}', f'--steps={steps}',
-       f'--conv_impls={conv_impl}', f'--diagnostics={diagnostics}'],
+       f'--conv_impls={conv_impl}', f'--diagnostics={diagnostics}',
+       f'--pools={pool}'],
       cwd=ROOT, env=env, capture_output=True, text=True)
   if r.returncode:
     raise RuntimeError(f'{framework} {case} {method} failed:\n'
@@ -229,11 +235,16 @@ def main():
                  "the timed steps), 'every' (the rank's SVD every step, "
                  "as before 2026-12-02), 'off' (no collapse metrics, as "
                  "the PyTorch reference).")
+  p.add_argument('--pools', default='planes',
+                 help="comma-separated: 'planes' (networks.max_pool, the "
+                 "default: on CPU its gradient as stride-parity planes), "
+                 "'xla' (nn.max_pool: JAX's own gradient, a variadic "
+                 "reduce-window over int32 iotas on CPU).")
   p.add_argument('--child', choices=['jax', 'torch'])
   args = p.parse_args()
   if args.child == 'jax':
     print(json.dumps(run_jax(args.cases, args.methods, args.steps,
-                             args.conv_impls, args.diagnostics)))
+                             args.conv_impls, args.diagnostics, args.pools)))
     return
   if args.child == 'torch':
     print(json.dumps(run_torch(args.cases, args.methods, args.steps)))
@@ -255,22 +266,24 @@ def main():
     steps = args.steps or STEPS[case]
     repeats = args.repeats or REPEATS[case]
     for method in args.methods.split(','):
-      variants = [(c, d) for c in args.conv_impls.split(',')
-                  for d in args.diagnostics.split(',')]
+      variants = [(c, d, pl) for c in args.conv_impls.split(',')
+                  for d in args.diagnostics.split(',')
+                  for pl in args.pools.split(',')]
       rounds = {v: [] for v in variants}
       for _ in range(repeats):
         t = _child('torch', case, method, steps, sys.executable)
-        for conv_impl, diag in variants:
-          rounds[(conv_impl, diag)].append(
+        for conv_impl, diag, pool in variants:
+          rounds[(conv_impl, diag, pool)].append(
               (t, _child('jax', case, method, steps, sys.executable,
-                         conv_impl, diag)))
-      for conv_impl, diag in variants:
-        line = summarize(rounds[(conv_impl, diag)])
+                         conv_impl, diag, pool)))
+      for conv_impl, diag, pool in variants:
+        line = summarize(rounds[(conv_impl, diag, pool)])
         j, t = line['jax'], line['torch']
         rows.append({'case': case, 'method': method, 'conv_impl': conv_impl,
-                     'diagnostics': diag, **line})
+                     'diagnostics': diag, 'pool': pool, **line})
         label = conv_impl + {'on': '', 'every': '-rank1',
-                             'off': '-nodiag'}[diag]
+                             'off': '-nodiag'}[diag] + {
+                                 'planes': '', 'xla': '-xlapool'}[pool]
         span = f'({line["ratio_min"]:.2f}-{line["ratio_max"]:.2f})'
         print(f'{case:9s} {method:8s} {label:12s} '
               f'{j["images_per_s"]:10.1f} '

@@ -262,6 +262,82 @@ def conv_module(impl: str, plan: tuple = ()):
   return functools.partial(nn.Conv, conv_general_dilated=conv)
 
 
+def _same_padding(size: int, window: int, stride: int):
+  """TF 'SAME' padding: the output size and the (low, high) padding."""
+  out = -(-size // stride)
+  total = max((out - 1) * stride + window - size, 0)
+  return out, (total // 2, total - total // 2)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def _max_pool_planes(x, window, strides):
+  return nn.max_pool(x, window, strides, padding='SAME')
+
+
+def _max_pool_planes_fwd(x, window, strides):
+  y = _max_pool_planes(x, window, strides)
+  return y, (x, y)
+
+
+def _max_pool_planes_bwd(window, strides, residuals, g):
+  """Each output's gradient to the first maximal element of its window
+  (row-major), as XLA's select-and-scatter. Window offset d of output o
+  lands on padded input s * o + d = s * (o + d // s) + d % s, so the
+  gradient is s_h * s_w interleaved planes, each a sum of a few
+  one-element shifts of the masked output gradient: elementwise work that
+  XLA fuses, no scatter."""
+  x, y = residuals
+  (kh, kw), (sh, sw) = window, strides
+  n, h, w, c = x.shape
+  ho, (ph, _) = _same_padding(h, kh, sh)
+  wo, (pw, _) = _same_padding(w, kw, sw)
+  qh, qw = (kh - 1) // sh, (kw - 1) // sw  # Most planes a window spans.
+  # Padded to the planes' extent, which covers 'SAME''s padding.
+  xp = jnp.pad(x, ((0, 0), (ph, (ho + qh) * sh - h - ph),
+                   (pw, (wo + qw) * sw - w - pw), (0, 0)),
+               constant_values=-jnp.inf)
+  zero = jnp.zeros((), g.dtype)
+  taken = jnp.zeros(y.shape, bool)
+  planes = {}
+  for di in range(kh):
+    for dj in range(kw):
+      xk = jax.lax.slice(
+          xp, (0, di, dj, 0),
+          (n, di + (ho - 1) * sh + 1, dj + (wo - 1) * sw + 1, c),
+          (1, sh, sw, 1))
+      hit = (xk == y) & ~taken
+      taken = taken | hit
+      a, b = di // sh, dj // sw
+      gk = jax.lax.pad(jnp.where(hit, g, zero), zero,
+                       ((0, 0, 0), (a, qh - a, 0), (b, qw - b, 0), (0, 0, 0)))
+      r = (di % sh, dj % sw)
+      planes[r] = planes[r] + gk if r in planes else gk
+  empty = jnp.zeros((n, ho + qh, wo + qw, c), g.dtype)  # Only if s > k.
+  dxp = jnp.stack([jnp.stack([planes.get((i, j), empty) for j in range(sw)],
+                             3) for i in range(sh)], 2)
+  dxp = dxp.reshape(n, (ho + qh) * sh, (wo + qw) * sw, c)
+  return (dxp[:, ph:ph + h, pw:pw + w],)
+
+
+_max_pool_planes.defvjp(_max_pool_planes_fwd, _max_pool_planes_bwd)
+
+
+def max_pool(x, window: tuple[int, int], strides: tuple[int, int]):
+  """`nn.max_pool(x, window, strides, padding='SAME')` (NHWC), the same
+  values and gradients.
+
+  On CPU the gradient is computed by `_max_pool_planes_bwd`: JAX's own
+  gradient of a max-pool lowers there to a variadic reduce-window over one
+  int32 iota per input dimension, materialised at the input's size every
+  step (4 x 105 MB per ResNet-50 stem pool at batch 32), which cost the
+  demo's step ~10% (`benchmarks/train_step.py`). Other platforms keep
+  XLA's select-and-scatter.
+  """
+  return jax.lax.platform_dependent(
+      x, cpu=lambda x: _max_pool_planes(x, tuple(window), tuple(strides)),
+      default=lambda x: nn.max_pool(x, window, strides, padding='SAME'))
+
+
 # He initialisation (fan_out), the torchvision / official-code convention for
 # convolutions followed by BatchNorm + ReLU.
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
@@ -379,13 +455,13 @@ class ResNet(nn.Module):
       x = conv(base, (7, 7), (2, 2), padding='SAME', use_bias=False,
                   kernel_init=conv_init, dtype=self.dtype, name='stem_conv')(x)
       x = nn.relu(norm(name='stem_bn')(x))
-      x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
+      x = max_pool(x, (3, 3), (2, 2))
     else:
       x = conv(base, (3, 3), (1, 1), padding='SAME', use_bias=False,
                   kernel_init=conv_init, dtype=self.dtype, name='stem_conv')(x)
       x = nn.relu(norm(name='stem_bn')(x))
       if self.stem == 'small_pool':
-        x = nn.max_pool(x, (3, 3), (2, 2), padding='SAME')
+        x = max_pool(x, (3, 3), (2, 2))
     expansion = 4 if kind == 'bottleneck' else 1
     for i, num_blocks in enumerate(stages):
       for j in range(num_blocks):

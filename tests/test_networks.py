@@ -5,6 +5,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import ml_collections
+import flax.linen as nn
 import numpy as np
 import pytest
 
@@ -234,6 +235,88 @@ def test_winograd_conv_refuses_what_it_does_not_compute():
   with pytest.raises(ValueError, match='tile=3'):
     networks.winograd_conv(x, jnp.zeros((3, 3, 2, 2)), (1, 1), 'SAME',
                            tile=3)
+
+
+def _max_pool_reference(x, g, window, strides):
+  """numpy, one output at a time: TF 'SAME' padding with -inf, the max of
+  each window, and the window's gradient to its first maximal element in
+  row-major order (what XLA's select-and-scatter and torch's max_pool2d
+  choose); also the number of windows whose maximum is not unique."""
+  n, h, w, c = x.shape
+  (kh, kw), (sh, sw) = window, strides
+  pads = []
+  for size, k, s in ((h, kh, sh), (w, kw, sw)):
+    out = -(-size // s)
+    total = max((out - 1) * s + k - size, 0)
+    pads.append((out, total // 2, total - total // 2))
+  (ho, ph, ph1), (wo, pw, pw1) = pads
+  xp = np.pad(x, ((0, 0), (ph, ph1), (pw, pw1), (0, 0)),
+              constant_values=-np.inf)
+  y = np.zeros((n, ho, wo, c), x.dtype)
+  dxp = np.zeros(xp.shape, np.float64)
+  ties = 0
+  for b in range(n):
+    for i in range(ho):
+      for j in range(wo):
+        for ch in range(c):
+          win = xp[b, i * sh:i * sh + kh, j * sw:j * sw + kw, ch]
+          first = int(np.argmax(win))  # argmax: the first of equal maxima.
+          y[b, i, j, ch] = win.max()
+          ties += int((win == win.max()).sum() > 1)
+          dxp[b, i * sh + first // kw, j * sw + first % kw, ch] += (
+              g[b, i, j, ch])
+  return y, dxp[:, ph:ph + h, pw:pw + w], ties
+
+
+@pytest.mark.parametrize('shape,window,strides', [
+    ((2, 8, 8, 3), (3, 3), (2, 2)),   # The stems' pool, an even side.
+    ((2, 7, 9, 2), (3, 3), (2, 2)),   # Odd sides: uneven 'SAME' pads.
+    ((2, 2, 3, 3), (3, 3), (2, 2)),   # Windows mostly padding.
+    ((2, 6, 6, 2), (2, 2), (2, 2)),   # No padding, no overlap.
+    ((2, 5, 5, 2), (3, 3), (1, 1)),   # Stride 1: every window overlaps.
+    ((2, 7, 7, 2), (1, 2), (3, 2)),   # A stride above the window.
+])
+def test_max_pool_values_and_gradients_equal_the_reference(shape, window,
+                                                           strides):
+  """networks.max_pool against the numpy reference and flax's nn.max_pool
+  (XLA's gradient): equal values and input gradients, on inputs with many
+  ties (a ReLU's zeros and positive plateaus, as constant image regions
+  give), where a gradient that split or duplicated a window's share would
+  differ."""
+  rng = np.random.RandomState(0)
+  x = np.maximum(np.round(rng.randn(*shape) * 2) / 2, 0).astype(np.float32)
+  ho = -(-shape[1] // strides[0])
+  wo = -(-shape[2] // strides[1])
+  g = rng.randn(shape[0], ho, wo, shape[3]).astype(np.float32)
+  y_ref, dx_ref, ties = _max_pool_reference(x, g, window, strides)
+
+  def run(pool):
+    y, vjp = jax.vjp(lambda x: pool(x, window, strides), jnp.asarray(x))
+    return np.asarray(y), np.asarray(vjp(jnp.asarray(g))[0])
+  y, dx = run(networks.max_pool)
+  np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_allclose(dx, dx_ref, rtol=1e-6, atol=1e-6)
+  _, dx_flax = run(lambda x, w, s: nn.max_pool(x, w, s, padding='SAME'))
+  np.testing.assert_allclose(dx, dx_flax, rtol=1e-6, atol=1e-6)
+  assert ties > 0  # Some windows have more than one maximum.
+
+
+def test_max_pool_gradient_on_cpu_builds_no_index_arrays():
+  """On CPU, XLA computes JAX's own max-pool gradient as a variadic
+  reduce-window over int32 iotas of the input's size (the stems' pools'
+  largest cost in a small network's step); networks.max_pool's gradient
+  has none, in a bfloat16 network too."""
+  for dtype in (jnp.float32, jnp.bfloat16):
+    x = jnp.zeros((4, 28, 28, 8), dtype)
+    def hlo(pool):
+      grad = jax.grad(lambda x: jnp.sum(pool(x, (3, 3), (2, 2))
+                                        .astype(jnp.float32)))
+      return jax.jit(grad).lower(x).compile().as_text()
+    flax_hlo = hlo(lambda x, w, s: nn.max_pool(x, w, s, padding='SAME'))
+    ours = hlo(networks.max_pool)
+    assert 'iota' in flax_hlo and 's32[4,29,29,8]' in flax_hlo
+    assert 'iota' not in ours and 's32[' not in ours
+    assert 'scatter' not in ours
 
 
 @pytest.mark.parametrize('impl', ['matmul', 'winograd', 'winograd4'])
