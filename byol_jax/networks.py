@@ -262,13 +262,6 @@ def conv_module(impl: str, plan: tuple = ()):
   return functools.partial(nn.Conv, conv_general_dilated=conv)
 
 
-def _same_padding(size: int, window: int, stride: int):
-  """TF 'SAME' padding: the output size and the (low, high) padding."""
-  out = -(-size // stride)
-  total = max((out - 1) * stride + window - size, 0)
-  return out, (total // 2, total - total // 2)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
 def _max_pool_planes(x, window, strides):
   return nn.max_pool(x, window, strides, padding='SAME')
@@ -289,8 +282,8 @@ def _max_pool_planes_bwd(window, strides, residuals, g):
   x, y = residuals
   (kh, kw), (sh, sw) = window, strides
   n, h, w, c = x.shape
-  ho, (ph, _) = _same_padding(h, kh, sh)
-  wo, (pw, _) = _same_padding(w, kw, sw)
+  _, ho, wo, _ = y.shape
+  (ph, _), (pw, _) = jax.lax.padtype_to_pads((h, w), window, strides, 'SAME')
   qh, qw = (kh - 1) // sh, (kw - 1) // sw  # A window's furthest shift.
   # Padded to the planes' extent, which covers 'SAME''s padding.
   xp = jnp.pad(x, ((0, 0), (ph, (ho + qh) * sh - h - ph),

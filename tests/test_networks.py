@@ -2,10 +2,10 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
-import flax.linen as nn
 import numpy as np
 import pytest
 
@@ -303,8 +303,7 @@ def test_max_pool_values_and_gradients_equal_the_reference(shape, window,
 
 def test_max_pool_gradient_on_cpu_builds_no_index_arrays():
   """On CPU, XLA computes JAX's own max-pool gradient as a variadic
-  reduce-window over int32 iotas of the input's size (the stems' pools'
-  largest cost in a small network's step); networks.max_pool's gradient
+  reduce-window over int32 iotas of the input's size, rebuilt every step; networks.max_pool's gradient
   has none, in a bfloat16 network too."""
   for dtype in (jnp.float32, jnp.bfloat16):
     x = jnp.zeros((4, 28, 28, 8), dtype)
