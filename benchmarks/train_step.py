@@ -5,6 +5,7 @@ the same step (benchmarks/torch_reference.py), side by side in one run.
   .venv-bench/bin/python benchmarks/train_step.py --cases=r18_32 --steps=3
   .venv-bench/bin/python benchmarks/train_step.py --conv_impls=auto,xla,matmul
   .venv-bench/bin/python benchmarks/train_step.py --cases=demo --pools=planes,xla
+  .venv-bench/bin/python benchmarks/train_step.py --host_memory=keep,system
 
 `--conv_impls` times our step once per `model.conv_impl` ('auto', the
 default: per layer shape the fastest of those below, as timed on this
@@ -72,7 +73,11 @@ def _peak_rss_mb() -> float:
 
 def run_jax(case: str, method: str, steps: int,
             conv_impl: str = 'auto', diagnostics: str = 'on',
-            pool: str = 'planes') -> dict:
+            pool: str = 'planes', host_memory: str = 'keep') -> dict:
+  # As the commands do (byol_jax.cli.setup), before JAX's backend starts.
+  os.environ['BYOL_JAX_HOST_MEMORY'] = host_memory
+  from byol_jax import host_memory as host_memory_lib  # pylint: disable=g-import-not-at-top
+  host_memory_lib.configure()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -180,14 +185,14 @@ def run_torch(case: str, method: str, steps: int) -> dict:
 
 
 def _child(framework, case, method, steps, python, conv_impl='auto',
-           diagnostics='on', pool='planes') -> dict:
+           diagnostics='on', pool='planes', host_memory='keep') -> dict:
   env = dict(os.environ, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3')
   env.pop('XLA_FLAGS', None)
   r = subprocess.run(
       [python, os.path.abspath(__file__), f'--child={framework}',
        f'--cases={case}', f'--methods={method}', f'--steps={steps}',
        f'--conv_impls={conv_impl}', f'--diagnostics={diagnostics}',
-       f'--pools={pool}'],
+       f'--pools={pool}', f'--host_memory={host_memory}'],
       cwd=ROOT, env=env, capture_output=True, text=True)
   if r.returncode:
     raise RuntimeError(f'{framework} {case} {method} failed:\n'
@@ -240,11 +245,18 @@ def main():
                  "default: on CPU its gradient as stride-parity planes), "
                  "'xla' (nn.max_pool: JAX's own gradient, a variadic "
                  "reduce-window over int32 iotas on CPU).")
+  p.add_argument('--host_memory', default='keep',
+                 help="comma-separated: 'keep' (byol_jax.host_memory, as "
+                 "the commands run: freed buffers stay in the process for "
+                 "the next step), 'system' (malloc and JAX's dispatch as "
+                 "they come: a temporary buffer over 32 MiB is mapped and "
+                 "page-faulted in again every step).")
   p.add_argument('--child', choices=['jax', 'torch'])
   args = p.parse_args()
   if args.child == 'jax':
     print(json.dumps(run_jax(args.cases, args.methods, args.steps,
-                             args.conv_impls, args.diagnostics, args.pools)))
+                             args.conv_impls, args.diagnostics, args.pools,
+                             args.host_memory)))
     return
   if args.child == 'torch':
     print(json.dumps(run_torch(args.cases, args.methods, args.steps)))
@@ -254,7 +266,7 @@ def main():
         f'one warm-up, {args.repeats or REPEATS} rounds (a PyTorch child, '
         'then the JAX children), synthetic images, one child process per '
         'measurement.\n')
-  header = (f'{"case":9s} {"method":8s} {"conv":12s} {"JAX img/s":>10s} '
+  header = (f'{"case":9s} {"method":8s} {"conv":20s} {"JAX img/s":>10s} '
             f'{"torch img/s":>12s} {"ratio":>6s} {"(range)":>11s} '
             f'{"JAX 1st s":>10s} '
             f'{"torch 1st s":>12s} {"plan s":>7s} {"mm/w2/w4":>9s} '
@@ -266,26 +278,28 @@ def main():
     steps = args.steps or STEPS[case]
     repeats = args.repeats or REPEATS[case]
     for method in args.methods.split(','):
-      variants = [(c, d, pl) for c in args.conv_impls.split(',')
+      variants = [(c, d, pl, hm) for c in args.conv_impls.split(',')
                   for d in args.diagnostics.split(',')
-                  for pl in args.pools.split(',')]
+                  for pl in args.pools.split(',')
+                  for hm in args.host_memory.split(',')]
       rounds = {v: [] for v in variants}
       for _ in range(repeats):
         t = _child('torch', case, method, steps, sys.executable)
-        for conv_impl, diag, pool in variants:
-          rounds[(conv_impl, diag, pool)].append(
-              (t, _child('jax', case, method, steps, sys.executable,
-                         conv_impl, diag, pool)))
-      for conv_impl, diag, pool in variants:
-        line = summarize(rounds[(conv_impl, diag, pool)])
+        for v in variants:
+          rounds[v].append((t, _child('jax', case, method, steps,
+                                      sys.executable, *v)))
+      for conv_impl, diag, pool, host in variants:
+        line = summarize(rounds[(conv_impl, diag, pool, host)])
         j, t = line['jax'], line['torch']
         rows.append({'case': case, 'method': method, 'conv_impl': conv_impl,
-                     'diagnostics': diag, 'pool': pool, **line})
+                     'diagnostics': diag, 'pool': pool, 'host_memory': host,
+                     **line})
         label = conv_impl + {'on': '', 'every': '-rank1',
                              'off': '-nodiag'}[diag] + {
-                                 'planes': '', 'xla': '-xlapool'}[pool]
+                                 'planes': '', 'xla': '-xlapool'}[pool] + {
+                                     'keep': '', 'system': '-sysmem'}[host]
         span = f'({line["ratio_min"]:.2f}-{line["ratio_max"]:.2f})'
-        print(f'{case:9s} {method:8s} {label:12s} '
+        print(f'{case:9s} {method:8s} {label:20s} '
               f'{j["images_per_s"]:10.1f} '
               f'{t["images_per_s"]:12.1f} {line["ratio"]:6.2f} {span:>11s} '
               f'{j["first_step_s"]:10.1f} {t["first_step_s"]:12.1f} '

@@ -7,7 +7,7 @@ import threading
 
 from absl import app, flags, logging
 
-from byol_jax import console
+from byol_jax import console, host_memory
 
 _DISTRIBUTED = flags.DEFINE_bool(
     'distributed', False, 'Call jax.distributed.initialize() first (every '
@@ -33,9 +33,12 @@ def _give_up(message: str) -> None:
 
 
 def setup() -> None:
-  """Quiets library logs; joins the multi-host cluster if --distributed;
-  turns on the persistent compilation cache on CPU."""
+  """Quiets library logs; keeps freed host memory for reuse
+  (`host_memory`, before JAX's backend starts); joins the multi-host
+  cluster if --distributed; turns on the persistent compilation cache on
+  CPU."""
   logging.get_absl_handler().addFilter(console.QuietLibraries())
+  host_memory.configure_and_log()
   if _DISTRIBUTED.value:
     _join_cluster()
   else:
