@@ -21,6 +21,7 @@ the others take its plan, so every process compiles the same program.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -168,28 +169,46 @@ def _read_cache(path: str) -> dict:
     return {}
 
 
-def _write_cache(path: str, new: dict) -> None:
-  """Adds `new` to the file's entries for this machine, atomically (a
-  concurrent run sees the old file or the new one, never half of one)."""
-  try:
-    with open(path) as f:
-      data = json.load(f)
-    if (data.get('version') != _CACHE_VERSION
-        or not isinstance(data.get('machines'), dict)):
-      raise ValueError
-  except (OSError, ValueError, AttributeError):
-    data = {'version': _CACHE_VERSION, 'machines': {}}
-  # Other machines' entries stay as they are; this one's keep what is valid.
-  data['machines'][machine()] = dict(_read_cache(path), **new)
+def _write_cache(path: str, new: dict) -> dict:
+  """Adds `new` ({conv: entry}) to the file's entries for this machine and
+  returns {conv: the entry the file now holds}: a usable entry another run
+  saved since this one read the file stays (the first timing of a shape
+  wins). Read, merge and write hold a lock on `path`.lock, and the write is
+  atomic (a reader sees the old file or the new one, never half of one)."""
   try:
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.tmp')
-    with os.fdopen(fd, 'w') as f:
-      json.dump(data, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    lock = open(path + '.lock', 'a')  # pylint: disable=consider-using-with
   except OSError as e:  # A read-only home: measure again next time.
     logging.warning('Could not save the convolution timings to %s (%s).',
                     path, e)
+    return dict(new)
+  with lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+      with open(path) as f:
+        data = json.load(f)
+      if (data.get('version') != _CACHE_VERSION
+          or not isinstance(data.get('machines'), dict)):
+        raise ValueError
+    except (OSError, ValueError, AttributeError):
+      data = {'version': _CACHE_VERSION, 'machines': {}}
+    # Other machines' entries stay as they are; this one's keep what is
+    # valid, and the shapes another run saved first.
+    entries = _read_cache(path)
+    kept = {conv: entries.get(_key(conv)) for conv in new}
+    kept = {conv: e if _usable(e, conv) else new[conv]
+            for conv, e in kept.items()}
+    entries.update({_key(conv): e for conv, e in kept.items()})
+    data['machines'][machine()] = entries
+    try:
+      fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.tmp')
+      with os.fdopen(fd, 'w') as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+      os.replace(tmp, path)
+    except OSError as e:
+      logging.warning('Could not save the convolution timings to %s (%s).',
+                      path, e)
+    return kept
 
 
 def candidates(conv) -> tuple:
@@ -210,26 +229,35 @@ def choose(times: dict) -> str:
   return best if times[best] < MARGIN * times['xla'] else 'xla'
 
 
+def _usable(entry: Optional[dict], conv) -> bool:
+  """Whether a cache entry can decide `conv`: it names an implementation
+  that computes it, and carries every candidate's timing (for the log)."""
+  impls = candidates(conv)
+  return (isinstance(entry, dict) and entry.get('impl') in impls
+          and all(isinstance(entry.get(f'{i}_ms'), (int, float))
+                  for i in impls))
+
+
 def measure(convs: list[tuple], path: str) -> dict:
   """{conv: {'impl', 'xla_ms', 'matmul_ms'[, 'winograd_ms',
   'winograd4_ms'], 'cached'}}: from the cache file `path`, or timed now
-  (and added to it)."""
+  (and added to it). Where a concurrent run on this machine saved a shape
+  first, its choice is used: once a shape is in the file, every run on the
+  machine runs the same program for it (on a loaded machine two timings of
+  a 0.05 ms convolution often disagree, and each choice rounds
+  differently)."""
   cached = _read_cache(path)
-  out, new = {}, {}
+  fresh = {}
   for conv in convs:
-    entry, impls = cached.get(_key(conv)), candidates(conv)
-    if entry is None or entry['impl'] not in impls or any(
-        not isinstance(entry.get(f'{i}_ms'), (int, float))
-        for i in impls):  # Missing, or not from this code.
+    if not _usable(cached.get(_key(conv)), conv):  # Missing, or not ours.
       ms = {impl: 1e3 * seconds_per_call(CONVS[impl], *conv)
-            for impl in impls}
-      entry = {'impl': choose(ms),
-               **{f'{impl}_ms': round(t, 3) for impl, t in ms.items()}}
-      new[_key(conv)] = entry
-    out[conv] = dict(entry, cached=_key(conv) not in new)
-  if new:
-    _write_cache(path, new)
-  return out
+            for impl in candidates(conv)}
+      fresh[conv] = {'impl': choose(ms),
+                     **{f'{impl}_ms': round(t, 3) for impl, t in ms.items()}}
+  saved = _write_cache(path, fresh) if fresh else {}
+  return {conv: dict(saved.get(conv) or fresh.get(conv)
+                     or cached[_key(conv)], cached=conv not in fresh)
+          for conv in convs}
 
 
 def plan(model_config, image_shape, batch: int,
