@@ -158,14 +158,22 @@ def _read_cache(path: str) -> dict:
   or damaged file (it is only a cache: a bad one costs a re-measurement)."""
   try:
     with open(path) as f:
-      data = json.load(f)
+      return _machine_entries(json.load(f))
+  except (OSError, ValueError):
+    return {}
+
+
+def _machine_entries(data) -> dict:
+  """This machine's valid entries of a parsed cache file; {} unless it has
+  this code's version."""
+  try:
     entries = data['machines'][machine()]
     if data.get('version') != _CACHE_VERSION or not isinstance(entries,
                                                                 dict):
       return {}
     return {k: v for k, v in entries.items()
             if isinstance(v, dict) and v.get('impl') in IMPLS}
-  except (OSError, ValueError, KeyError, TypeError):
+  except (KeyError, TypeError, AttributeError):
     return {}
 
 
@@ -194,7 +202,7 @@ def _write_cache(path: str, new: dict) -> dict:
       data = {'version': _CACHE_VERSION, 'machines': {}}
     # Other machines' entries stay as they are; this one's keep what is
     # valid, and the shapes another run saved first.
-    entries = _read_cache(path)
+    entries = _machine_entries(data)
     kept = {conv: entries.get(_key(conv)) for conv in new}
     kept = {conv: e if _usable(e, conv) else new[conv]
             for conv, e in kept.items()}
@@ -255,8 +263,8 @@ def measure(convs: list[tuple], path: str) -> dict:
       fresh[conv] = {'impl': choose(ms),
                      **{f'{impl}_ms': round(t, 3) for impl, t in ms.items()}}
   saved = _write_cache(path, fresh) if fresh else {}
-  return {conv: dict(saved.get(conv) or fresh.get(conv)
-                     or cached[_key(conv)], cached=conv not in fresh)
+  return {conv: dict(saved.get(conv) or cached[_key(conv)],
+                     cached=conv not in fresh)
           for conv in convs}
 
 
