@@ -274,6 +274,17 @@ def test_run_length_is_the_official_formula():
   assert run_length.steps_per_epoch(c, 60_000) == 937
 
 
+def test_the_demo_runs_5100_steps_and_the_long_runs_keep_14_epochs():
+  """The demo's length (docs/cpu_demo.md, ninth round: 5.44 epochs, measured
+  over five seeds) lives in the recipe the BYOL one-hour config builds on;
+  both one-hour configs keep their own 14 epochs (13125 steps)."""
+  demo = load('byol_fashion_mnist.py')
+  assert run_length.total_steps(demo, 60_000) == 5100
+  assert run_length.warmup_steps(demo, 60_000) == 93
+  for name in ('byol_fashion_mnist_long.py', 'simsiam_fashion_mnist_long.py'):
+    assert run_length.total_steps(load(name), 60_000) == 13125, name
+
+
 def test_upgrade_fills_what_older_saved_configs_lack():
   """A config saved before fields existed reads back with today's fields:
   what that version used where it differs from today's default (LARS's
